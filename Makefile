@@ -1,0 +1,45 @@
+# exchange-kernel: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DATA   := .exchange-kernel
+
+.PHONY: venv test lint format demo stop histories bench chaos clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+# Starts the dev server + paper exchange + worker in the background, runs the example strategy,
+# prints the UI address. `make stop` stops the background services.
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+stop:
+	-test -f $(DATA)/dev.pid && kill `cat $(DATA)/dev.pid` && rm -f $(DATA)/dev.pid
+
+# Re-record the workflow histories that the replay test checks (tests/histories/).
+histories: $(STAMP)
+	EK_RECORD_HISTORIES=1 $(BIN)/python -m pytest -q tests/test_intents.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/placement.py
+
+clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache .ruff_cache .hypothesis

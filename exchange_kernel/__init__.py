@@ -1,0 +1,1 @@
+"""exchange-kernel: durable order intents on Temporal and ccxt."""

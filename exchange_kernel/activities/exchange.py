@@ -1,0 +1,288 @@
+"""Exchange activities: place, amend, cancel and look up one intent's orders, load market rules.
+
+Each activity is idempotent under Temporal's retries: placement looks its deterministic client
+order id up before creating anything once a first attempt may have reached the exchange, and
+`OrderNotFound` is returned as an observation ("absent") wherever the reconciler can reason
+about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import ccxt
+from temporalio import activity
+
+from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.activities.errors import to_application_error
+from exchange_kernel.models import (
+    AmendRequest,
+    AmendResult,
+    ExchangeOrder,
+    ExchangeOrderStatus,
+    Fill,
+    MarketRequest,
+    MarketRules,
+    OrderLookup,
+    OrderRequest,
+    OrderType,
+    Side,
+)
+
+T = TypeVar("T")
+
+
+class ExchangeActivities:
+    """The activities, bound to the worker's pool of ccxt clients."""
+
+    def __init__(self, pool: ExchangePool) -> None:
+        self.pool = pool
+
+    async def _call(self, account: str, call: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            client = self.pool.client(account)
+            return await call(client)
+        except Exception as exc:
+            raise to_application_error(exc, self.pool.last_response_headers(account)) from None
+
+    @activity.defn
+    async def load_market(self, request: MarketRequest) -> MarketRules:
+        async def call(client: Any) -> MarketRules:
+            markets = await client.load_markets()
+            market = markets.get(request.symbol)
+            if market is None:
+                raise ccxt.BadSymbol(f"{client.id} has no market {request.symbol}")
+            return market_rules(client, market)
+
+        return await self._call(request.account, call)
+
+    @activity.defn
+    async def place_order(self, request: OrderRequest) -> ExchangeOrder:
+        async def call(client: Any) -> ExchangeOrder:
+            # A first attempt of a never-tried placement cannot have reached the exchange;
+            # every other attempt may have, and must look before it creates.
+            if request.may_exist or activity.info().attempt > 1:
+                found = await find_order(client, request.symbol, request.client_order_id)
+                if found is not None:
+                    return found
+            try:
+                created = await client.create_order(*create_args(request))
+            except ccxt.InvalidOrder as exc:
+                if "Duplicate order" not in str(exc):
+                    raise
+                found = await find_order(client, request.symbol, request.client_order_id)
+                if found is None:
+                    raise
+                return found
+            return await complete(client, created, request)
+
+        return await self._call(request.account, call)
+
+    @activity.defn
+    async def amend_order(self, request: AmendRequest) -> AmendResult:
+        """Replace an order in one exchange call; report the new order and the old one's end."""
+        new = request.order
+
+        async def call(client: Any) -> AmendResult:
+            order: ExchangeOrder | None = None
+            if new.may_exist or activity.info().attempt > 1:
+                order = await find_order(client, new.symbol, new.client_order_id)
+            if order is None:
+                symbol, type_, side, amount, price, params = create_args(new)
+                try:
+                    edited = await client.edit_order(
+                        request.replaces_exchange_order_id,
+                        symbol,
+                        type_,
+                        side,
+                        amount,
+                        price,
+                        params,
+                    )
+                    order = await complete(client, edited, new)
+                except (ccxt.OrderNotFound, ccxt.InvalidOrder, ccxt.BadRequest) as exc:
+                    # cancelReplace refuses when the old order already ended (filled,
+                    # cancelled): observe both instead of guessing.
+                    activity.logger.info("amend of %s refused: %s", new.client_order_id, exc)
+                    order = await find_order(client, new.symbol, new.client_order_id)
+            replaced = await find_order(client, new.symbol, request.replaces_client_order_id)
+            return AmendResult(replaced=replaced, order=order)
+
+        return await self._call(request.account, call)
+
+    @activity.defn
+    async def cancel_order(self, request: OrderLookup) -> ExchangeOrder | None:
+        """Cancel, then report the order as the exchange has it (None: it has no such order)."""
+
+        async def call(client: Any) -> ExchangeOrder | None:
+            try:
+                await client.cancel_order(
+                    None, request.symbol, {"clientOrderId": request.client_order_id}
+                )
+            except ccxt.OrderNotFound:
+                pass  # already ended or never existed: the lookup below tells which
+            return await find_order(
+                client, request.symbol, request.client_order_id, request.known_filled
+            )
+
+        return await self._call(request.account, call)
+
+    @activity.defn
+    async def fetch_order(self, request: OrderLookup) -> ExchangeOrder | None:
+        """The order as the exchange has it now, with its trades; None if it has no such order."""
+
+        async def call(client: Any) -> ExchangeOrder | None:
+            return await find_order(
+                client, request.symbol, request.client_order_id, request.known_filled
+            )
+
+        return await self._call(request.account, call)
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.load_market,
+            self.place_order,
+            self.amend_order,
+            self.cancel_order,
+            self.fetch_order,
+        ]
+
+
+def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, dict[str, Any]]:
+    params: dict[str, Any] = {"clientOrderId": request.client_order_id}
+    if request.type is not OrderType.MARKET:
+        params["timeInForce"] = request.time_in_force.value
+    if request.post_only:
+        params["postOnly"] = True
+    if request.reduce_only:
+        params["reduceOnly"] = True
+    if request.stop_price is not None:
+        params["triggerPrice"] = str(request.stop_price)
+    ccxt_type = "market" if request.type is OrderType.MARKET else "limit"
+    price = None if request.price is None else str(request.price)
+    return (
+        request.symbol,
+        ccxt_type,
+        request.side.value,
+        str(request.amount),
+        price,
+        params,
+    )
+
+
+async def find_order(
+    client: Any, symbol: str, client_order_id: str, known_filled: Decimal | None = None
+) -> ExchangeOrder | None:
+    """Look an order up by client order id; its trades too when it filled more than we knew."""
+    try:
+        raw = await client.fetch_order(None, symbol, {"clientOrderId": client_order_id})
+    except ccxt.OrderNotFound:
+        return None
+    order = to_exchange_order(raw)
+    if order.filled > (known_filled or Decimal(0)) and not order.fills:
+        order = order.model_copy(update={"fills": await order_fills(client, order)})
+    return order
+
+
+async def complete(client: Any, raw: dict[str, Any], request: OrderRequest) -> ExchangeOrder:
+    order = to_exchange_order(raw, request)
+    if order.filled > 0 and not order.fills:
+        order = order.model_copy(update={"fills": await order_fills(client, order)})
+    return order
+
+
+async def order_fills(client: Any, order: ExchangeOrder) -> tuple[Fill, ...]:
+    trades = await client.fetch_my_trades(
+        order.symbol, None, None, {"orderId": order.exchange_order_id}
+    )
+    mine = [t for t in trades if str(t.get("order")) == order.exchange_order_id]
+    return tuple(to_fill(t, order) for t in mine)
+
+
+def dec(value: Any) -> Decimal | None:
+    """ccxt hands numbers over as floats; their shortest repr is the exchange's decimal string."""
+    if value is None:
+        return None
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+
+
+def timestamp(ms: Any) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+STATUS = {
+    "open": ExchangeOrderStatus.OPEN,
+    "closed": ExchangeOrderStatus.CLOSED,
+    "canceled": ExchangeOrderStatus.CANCELED,
+    "expired": ExchangeOrderStatus.EXPIRED,
+    "rejected": ExchangeOrderStatus.REJECTED,
+}
+
+
+def to_exchange_order(raw: dict[str, Any], request: OrderRequest | None = None) -> ExchangeOrder:
+    amount = dec(raw.get("amount")) or (request.amount if request else Decimal(0))
+    filled = dec(raw.get("filled")) or Decimal(0)
+    status = STATUS.get(raw.get("status") or "open", ExchangeOrderStatus.OPEN)
+    fee = raw.get("fee") or {}
+    order = ExchangeOrder(
+        exchange_order_id=str(raw["id"]),
+        client_order_id=raw.get("clientOrderId") or (request.client_order_id if request else ""),
+        symbol=raw.get("symbol") or (request.symbol if request else ""),
+        side=raw.get("side") or (request.side if request else Side.BUY),
+        type=str(raw.get("type") or ""),
+        status=status,
+        price=dec(raw.get("price")) or None,
+        stop_price=dec(raw.get("triggerPrice") or raw.get("stopPrice")) or None,
+        amount=amount,
+        filled=filled,
+        average_price=dec(raw.get("average")) or None,
+        fee=dec(fee.get("cost")) or Decimal(0),
+        fee_currency=fee.get("currency"),
+        updated_at=timestamp(raw.get("lastUpdateTimestamp") or raw.get("timestamp")),
+    )
+    trades = raw.get("trades") or []
+    fills = tuple(to_fill(t, order) for t in trades if t.get("id") is not None)
+    return order.model_copy(update={"fills": fills}) if fills else order
+
+
+def to_fill(trade: dict[str, Any], order: ExchangeOrder) -> Fill:
+    fee = trade.get("fee") or {}
+    return Fill(
+        trade_id=str(trade["id"]),
+        exchange_order_id=order.exchange_order_id,
+        client_order_id=order.client_order_id,
+        price=dec(trade.get("price")) or Decimal(0),
+        amount=dec(trade.get("amount")) or Decimal(0),
+        fee=dec(fee.get("cost")) or Decimal(0),
+        fee_currency=fee.get("currency"),
+        timestamp=timestamp(trade.get("timestamp")),
+    )
+
+
+def market_rules(client: Any, market: dict[str, Any]) -> MarketRules:
+    """The symbol's rules as ccxt reports them (binance: PRICE_FILTER, LOT_SIZE, NOTIONAL)."""
+    precision = market.get("precision") or {}
+    limits = market.get("limits") or {}
+    amount_limits = limits.get("amount") or {}
+    price_limits = limits.get("price") or {}
+    cost_limits = limits.get("cost") or {}
+
+    def positive(value: Any) -> Decimal | None:
+        number = dec(value)
+        return number if number else None
+
+    has_edit = bool(client.has.get("editOrder"))
+    return MarketRules(
+        symbol=market["symbol"],
+        tick_size=positive(precision.get("price")),
+        step_size=positive(precision.get("amount")),
+        min_amount=positive(amount_limits.get("min")),
+        max_amount=positive(amount_limits.get("max")),
+        min_price=positive(price_limits.get("min")),
+        max_price=positive(price_limits.get("max")),
+        min_notional=positive(cost_limits.get("min")),
+        native_amend=has_edit,
+    )

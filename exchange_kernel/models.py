@@ -1,0 +1,542 @@
+"""The vocabulary of exchange-kernel: intents (desired), exchange orders and fills (observed).
+
+Every model validates at construction, so a bad intent is refused when it is built: before any
+workflow starts and before any exchange call. Values are frozen; amounts and prices are Decimal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta
+from decimal import Context, Decimal
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+MAX_DECIMALS = 18
+MAX_MAGNITUDE = Decimal("1e15")
+CLIENT_ORDER_ID_PREFIX = "ek"
+
+
+class Value(BaseModel):
+    """A frozen value that rejects unknown fields (a typo is an error, not a silent default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_quantity(value: Decimal | None, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    if not value.is_finite():
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if value >= MAX_MAGNITUDE:
+        raise ValueError(f"{name} is too large: {value}")
+    # Normalize in a context wide enough for every digit: the default one (28 digits) would round
+    # 0.1000000000000000000000000000001 to 0.1 and let its 31 decimals through.
+    exponent = value.normalize(Context(prec=len(value.as_tuple().digits))).as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MAX_DECIMALS:
+        raise ValueError(f"{name} has more than {MAX_DECIMALS} decimals: {value}")
+    return value
+
+
+def _refuse_float(value: object) -> object:
+    if isinstance(value, float):
+        raise ValueError(
+            f"use a Decimal or a string, not a float ({value!r}): binary floats cannot hold "
+            "most prices exactly"
+        )
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(_refuse_float)]
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(StrEnum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class IntentStatus(StrEnum):
+    PENDING = "pending"
+    OPEN = "open"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        IntentStatus.FILLED,
+        IntentStatus.CANCELED,
+        IntentStatus.EXPIRED,
+        IntentStatus.REJECTED,
+        IntentStatus.FAILED,
+    }
+)
+
+
+class ReconciliationStatus(StrEnum):
+    """How the exchange compares with the intent right now."""
+
+    IN_SYNC = "in_sync"  # the exchange matches the intent (resting as desired, or finished)
+    RECONCILING = "reconciling"  # an action towards the intent is under way
+    UNKNOWN = "unknown"  # an action's outcome is unknown; a lookup must resolve it first
+
+
+class ExternalCancelPolicy(StrEnum):
+    """What to do when the exchange order is cancelled by someone other than the kernel."""
+
+    FINISH = "finish"
+    RESTORE = "restore"
+
+
+class ExchangeOrderStatus(StrEnum):
+    """ccxt's unified order status."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+    @property
+    def is_live(self) -> bool:
+        return self is ExchangeOrderStatus.OPEN
+
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
+ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class OrderSpec(Value):
+    """What order the strategy wants on the exchange."""
+
+    symbol: str
+    side: Side
+    type: OrderType = OrderType.LIMIT
+    amount: Money
+    price: Money | None = None
+    stop_price: Money | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    reduce_only: bool = False
+
+    @field_validator("symbol")
+    @classmethod
+    def _symbol_form(cls, value: str) -> str:
+        if not SYMBOL_RE.fullmatch(value):
+            raise ValueError(
+                f"symbol must look like BTC/USDT (BASE/QUOTE, upper case), got {value!r}"
+            )
+        return value
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: Decimal) -> Decimal:
+        return _check_quantity(value, "amount")  # type: ignore[return-value]
+
+    @field_validator("price")
+    @classmethod
+    def _price(cls, value: Decimal | None) -> Decimal | None:
+        return _check_quantity(value, "price")
+
+    @field_validator("stop_price")
+    @classmethod
+    def _stop_price(cls, value: Decimal | None) -> Decimal | None:
+        return _check_quantity(value, "stop_price")
+
+    @model_validator(mode="after")
+    def _type_rules(self) -> Self:
+        if self.type is OrderType.MARKET:
+            if self.price is not None:
+                raise ValueError("price: a market order takes no price")
+            if self.stop_price is not None:
+                raise ValueError("stop_price: a market order takes no stop_price")
+            if self.post_only:
+                raise ValueError("post_only: a market order cannot be post-only")
+        else:
+            if self.price is None:
+                raise ValueError(f"price: a {self.type.value} order needs a price")
+        if self.type is OrderType.STOP_LIMIT and self.stop_price is None:
+            raise ValueError("stop_price: a stop_limit order needs a stop_price")
+        if self.type is OrderType.LIMIT and self.stop_price is not None:
+            raise ValueError("stop_price: only a stop_limit order takes a stop_price")
+        if self.post_only and self.time_in_force is not TimeInForce.GTC:
+            raise ValueError("post_only: a post-only order must be GTC")
+        return self
+
+    @property
+    def base(self) -> str:
+        return self.symbol.split("/")[0]
+
+    @property
+    def quote(self) -> str:
+        return self.symbol.split("/")[1]
+
+    def summary(self) -> str:
+        """One line for people: `buy 0.5 BTC/USDT @ 30000`."""
+        text = f"{self.side.value} {self.amount} {self.symbol}"
+        if self.type is OrderType.MARKET:
+            return f"{text} @ market"
+        text = f"{text} @ {self.price}"
+        if self.stop_price is not None:
+            text = f"{text} stop {self.stop_price}"
+        return text
+
+
+class OrderIntent(Value):
+    """A durable wish: keep this order on this account until it is done."""
+
+    intent_id: str
+    account: str
+    order: OrderSpec
+    group_id: str | None = None
+    strategy_id: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    on_external_cancel: ExternalCancelPolicy = ExternalCancelPolicy.FINISH
+
+    @field_validator("intent_id", "account")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not ID_RE.fullmatch(value):
+            raise ValueError(
+                f"must be 1-128 characters of letters, digits and . _ : - (got {value!r})"
+            )
+        return value
+
+    @field_validator("group_id", "strategy_id")
+    @classmethod
+    def _optional_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not ID_RE.fullmatch(value):
+            raise ValueError(
+                f"must be 1-128 characters of letters, digits and . _ : - (got {value!r})"
+            )
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 32:
+            raise ValueError("at most 32 tags")
+        for key, item in value.items():
+            if not key or len(key) > 64 or len(item) > 256:
+                raise ValueError(f"tag {key!r}: keys are 1-64 characters, values up to 256")
+        return value
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow_id_for(self.intent_id)
+
+    def summary(self) -> str:
+        return self.order.summary()
+
+
+def workflow_id_for(intent_id: str) -> str:
+    return f"intent-{intent_id}"
+
+
+def client_order_id(intent_id: str, placement: int) -> str:
+    """The deterministic client order id of an intent's `placement`-th exchange order.
+
+    A hash keeps it inside Binance's 36 characters and its alphabet whatever the intent id is;
+    `ek-` marks the orders that exchange-kernel placed.
+    """
+    digest = hashlib.blake2b(intent_id.encode(), digest_size=8).hexdigest()
+    return f"{CLIENT_ORDER_ID_PREFIX}-{digest}-{placement}"
+
+
+def intent_digest(intent_id: str) -> str:
+    """The part of every client order id that names the intent."""
+    return client_order_id(intent_id, 0).split("-")[1]
+
+
+class IntentChange(Value):
+    """A modification of a resting intent: a new price and/or a new total amount."""
+
+    price: Money | None = None
+    amount: Money | None = None
+
+    @field_validator("price")
+    @classmethod
+    def _price(cls, value: Decimal | None) -> Decimal | None:
+        return _check_quantity(value, "price")
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: Decimal | None) -> Decimal | None:
+        return _check_quantity(value, "amount")
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.price is None and self.amount is None:
+            raise ValueError("a change needs a price or an amount")
+        return self
+
+
+class Fill(Value):
+    """One trade of one of the intent's exchange orders."""
+
+    trade_id: str
+    exchange_order_id: str
+    client_order_id: str | None = None
+    price: Money
+    amount: Money
+    fee: Money = Decimal(0)
+    fee_currency: str | None = None
+    timestamp: datetime | None = None
+
+
+class ExchangeOrder(Value):
+    """An exchange order as last observed (never as assumed)."""
+
+    exchange_order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    type: str
+    status: ExchangeOrderStatus
+    price: Money | None = None
+    stop_price: Money | None = None
+    amount: Money
+    filled: Money = Decimal(0)
+    average_price: Money | None = None
+    fee: Money = Decimal(0)
+    fee_currency: str | None = None
+    fills: tuple[Fill, ...] = ()
+    updated_at: datetime | None = None
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.amount - self.filled
+
+
+class MarketRules(Value):
+    """The exchange's rules for one symbol, as the exchange states them."""
+
+    symbol: str
+    tick_size: Money | None = None
+    step_size: Money | None = None
+    min_amount: Money | None = None
+    max_amount: Money | None = None
+    min_price: Money | None = None
+    max_price: Money | None = None
+    min_notional: Money | None = None
+    native_amend: bool = False
+
+    def violations(self, spec: OrderSpec, amount: Decimal | None = None) -> list[str]:
+        """Rules `spec` breaks (with `amount` instead of its own, if given); empty when valid."""
+        amount = spec.amount if amount is None else amount
+        broken: list[str] = []
+        if self.step_size and amount % self.step_size != 0:
+            broken.append(f"amount {amount} is not a multiple of the step size {self.step_size}")
+        if self.min_amount and amount < self.min_amount:
+            broken.append(f"amount {amount} is below the minimum amount {self.min_amount}")
+        if self.max_amount and amount > self.max_amount:
+            broken.append(f"amount {amount} is above the maximum amount {self.max_amount}")
+        for name, price in (("price", spec.price), ("stop_price", spec.stop_price)):
+            if price is None:
+                continue
+            if self.tick_size and price % self.tick_size != 0:
+                broken.append(f"{name} {price} is not a multiple of the tick size {self.tick_size}")
+            if self.min_price and price < self.min_price:
+                broken.append(f"{name} {price} is below the minimum price {self.min_price}")
+            if self.max_price and price > self.max_price:
+                broken.append(f"{name} {price} is above the maximum price {self.max_price}")
+        if self.min_notional and spec.price is not None:
+            notional = amount * spec.price
+            if notional < self.min_notional:
+                broken.append(
+                    f"notional {notional} (amount x price) is below the minimum notional "
+                    f"{self.min_notional}"
+                )
+        return broken
+
+
+class ActionRecord(Value):
+    """One step the kernel took (or decided), with why."""
+
+    at: datetime
+    action: str
+    reason: str
+
+
+class Placement(Value):
+    """One exchange order the intent placed (or tried to): its client order id and what we know.
+
+    `outcome_unknown` is NautilusTrader's third state: a request was sent, no answer came back,
+    and nothing may be assumed until a lookup resolves it.
+    """
+
+    number: int
+    client_order_id: str
+    revision: int
+    price: Money | None = None
+    amount: Money
+    order: ExchangeOrder | None = None
+    outcome_unknown: bool = False
+    cancel_requested: bool = False
+    rejected: str | None = None
+
+    @property
+    def live(self) -> bool:
+        """Possibly working on the exchange: known open, or not yet known either way."""
+        if self.rejected is not None:
+            return False
+        if self.order is None:
+            return True
+        return self.order.status.is_live
+
+    @property
+    def filled(self) -> Decimal:
+        return self.order.filled if self.order else Decimal(0)
+
+
+class IntentState(Value):
+    """Everything known about one intent: desired, observed, and how they compare."""
+
+    intent: OrderIntent
+    desired: OrderSpec
+    revision: int = 0
+    placements: tuple[Placement, ...] = ()
+    fills: tuple[Fill, ...] = ()
+    status: IntentStatus = IntentStatus.PENDING
+    reconciliation_status: ReconciliationStatus = ReconciliationStatus.RECONCILING
+    rules: MarketRules | None = None
+    cancel_reason: str | None = None
+    outcome_reason: str | None = None
+    last_sync_at: datetime | None = None
+    recent_actions: tuple[ActionRecord, ...] = ()
+
+    @property
+    def filled(self) -> Decimal:
+        return sum((p.filled for p in self.placements), Decimal(0))
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(self.desired.amount - self.filled, Decimal(0))
+
+    @property
+    def average_price(self) -> Decimal | None:
+        filled = self.filled
+        if not filled:
+            return None
+        cost = sum(
+            (
+                p.order.filled * (p.order.average_price or p.price or Decimal(0))
+                for p in self.placements
+                if p.order and p.order.filled
+            ),
+            Decimal(0),
+        )
+        return cost / filled
+
+    @property
+    def fees(self) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for fill in self.fills:
+            if fill.fee and fill.fee_currency:
+                totals[fill.fee_currency] = totals.get(fill.fee_currency, Decimal(0)) + fill.fee
+        return totals
+
+    @property
+    def live_placement(self) -> Placement | None:
+        live = [p for p in self.placements if p.live]
+        return live[-1] if live else None
+
+    @property
+    def exchange_order_ids(self) -> list[str]:
+        return [
+            p.order.exchange_order_id
+            for p in self.placements
+            if p.order and p.order.exchange_order_id
+        ]
+
+    def report(self) -> dict[str, object]:
+        """Every field, including the derived ones, as JSON-ready data (for `status --json`)."""
+        data = self.model_dump(mode="json")
+        data["filled"] = str(self.filled)
+        data["remaining"] = str(self.remaining)
+        average = self.average_price
+        data["average_price"] = None if average is None else str(average)
+        data["fees"] = {k: str(v) for k, v in self.fees.items()}
+        return data
+
+
+# --- activity messages: what the workflow asks the exchange activities -----------------------
+
+
+class OrderRequest(Value):
+    """Everything needed to place one exchange order; names an account, never a credential."""
+
+    account: str
+    symbol: str
+    side: Side
+    type: OrderType
+    client_order_id: str
+    amount: Money
+    price: Money | None = None
+    stop_price: Money | None = None
+    time_in_force: TimeInForce = TimeInForce.GTC
+    post_only: bool = False
+    reduce_only: bool = False
+    may_exist: bool = False
+
+
+class AmendRequest(Value):
+    """Replace `replaces_*` by `order` with the exchange's native edit."""
+
+    account: str
+    replaces_client_order_id: str
+    replaces_exchange_order_id: str
+    order: OrderRequest
+
+
+class AmendResult(Value):
+    """The new order and the replaced one's final state, each None if the exchange lacks it."""
+
+    replaced: ExchangeOrder | None
+    order: ExchangeOrder | None
+
+
+class OrderLookup(Value):
+    account: str
+    symbol: str
+    client_order_id: str
+    known_filled: Money = Decimal(0)
+
+
+class MarketRequest(Value):
+    account: str
+    symbol: str
+
+
+class IntentStart(Value):
+    """The workflow's input: the intent, and on continue-as-new the state carried over."""
+
+    intent: OrderIntent
+    state: IntentState | None = None
+    poll_first: timedelta = timedelta(seconds=1)
+    poll_ceiling: timedelta = timedelta(seconds=30)

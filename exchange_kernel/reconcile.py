@@ -1,0 +1,411 @@
+"""The reconciler: pure decisions from desired and observed state, no I/O.
+
+`plan(state)` looks at an `IntentState` and returns exactly one next `Action`. The workflow
+executes it, records what it observed with the `record_*` functions below, and asks again:
+level-triggered, like a Kubernetes controller. Nothing here trusts memory over observation: an
+action whose outcome is unknown is followed by a lookup before anything else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from exchange_kernel.models import (
+    ActionRecord,
+    ExchangeOrder,
+    ExchangeOrderStatus,
+    ExternalCancelPolicy,
+    Fill,
+    IntentChange,
+    IntentState,
+    IntentStatus,
+    OrderSpec,
+    OrderType,
+    Placement,
+    ReconciliationStatus,
+    TimeInForce,
+    Value,
+    client_order_id,
+)
+
+RECENT_ACTIONS = 20
+
+
+class Place(Value):
+    kind: Literal["place"] = "place"
+    placement: Placement
+    reason: str
+
+
+class Amend(Value):
+    """Replace the live order with `placement` in one exchange call (native edit)."""
+
+    kind: Literal["amend"] = "amend"
+    replaces: int
+    placement: Placement
+    reason: str
+
+
+class Cancel(Value):
+    kind: Literal["cancel"] = "cancel"
+    placement: int
+    reason: str
+
+
+class Lookup(Value):
+    kind: Literal["lookup"] = "lookup"
+    placement: int
+    reason: str
+
+
+class Wait(Value):
+    kind: Literal["wait"] = "wait"
+    reason: str
+
+
+class Finish(Value):
+    kind: Literal["finish"] = "finish"
+    status: IntentStatus
+    reason: str
+
+
+Action = Place | Amend | Cancel | Lookup | Wait | Finish
+
+
+class ChangeRejected(ValueError):
+    """A modification or cancellation that the intent cannot take, with the reason."""
+
+
+def plan(state: IntentState) -> Action:
+    """The one next step that brings the exchange closer to the intent."""
+    if state.status.is_terminal:
+        return Finish(status=state.status, reason=state.outcome_reason or state.status.value)
+
+    for placement in state.placements:
+        if placement.outcome_unknown:
+            return Lookup(
+                placement=placement.number,
+                reason=f"outcome of the last request for {placement.client_order_id} is unknown",
+            )
+
+    if not state.placements and state.rules is not None:
+        broken = state.rules.violations(state.desired)
+        if broken:
+            return Finish(status=IntentStatus.REJECTED, reason="; ".join(broken))
+
+    desired = state.desired
+    filled = state.filled
+    live = [p for p in state.placements if p.live]
+    if len(live) > 1:
+        # Cannot happen through plan(); if observation ever shows it, shed the older order.
+        return Cancel(placement=live[0].number, reason="two live orders for one intent")
+    current = live[0] if live else None
+
+    if filled >= desired.amount:
+        if current is not None:
+            return Cancel(placement=current.number, reason="intent amount is filled")
+        return Finish(status=IntentStatus.FILLED, reason=f"filled {filled}")
+
+    if state.cancel_reason is not None:
+        if current is not None:
+            return Cancel(placement=current.number, reason=f"cancel: {state.cancel_reason}")
+        return Finish(status=IntentStatus.CANCELED, reason=state.cancel_reason)
+
+    if current is not None:
+        return _plan_live(state, current)
+    return _plan_idle(state)
+
+
+def _plan_live(state: IntentState, current: Placement) -> Action:
+    desired = state.desired
+    order = current.order
+    if order is None:
+        return Lookup(placement=current.number, reason="placed order not yet observed")
+    if current.cancel_requested:
+        # We asked for a cancel and still see it open: the cancel did not take; ask again.
+        return Cancel(placement=current.number, reason="order still open after cancel")
+    if not _rests(desired):
+        return Wait(reason="waiting for the exchange to finish the order")
+    wanted_remaining = desired.amount - state.filled
+    price_differs = desired.price != current.price or desired.stop_price != order.stop_price
+    if not price_differs and order.remaining == wanted_remaining:
+        return Wait(reason="resting as desired")
+    changes = []
+    if price_differs:
+        changes.append(f"price {current.price} -> {desired.price}")
+    if order.remaining != wanted_remaining:
+        changes.append(f"remaining {order.remaining} -> {wanted_remaining}")
+    reason = ", ".join(changes)
+    native = state.rules is not None and state.rules.native_amend
+    if native and desired.type is not OrderType.STOP_LIMIT:
+        return Amend(
+            replaces=current.number,
+            placement=_next_placement(state, wanted_remaining),
+            reason=f"amend: {reason}",
+        )
+    return Cancel(placement=current.number, reason=f"replace: {reason}")
+
+
+def _plan_idle(state: IntentState) -> Action:
+    desired = state.desired
+    remaining = desired.amount - state.filled
+    if not state.placements:
+        return Place(placement=_next_placement(state, remaining), reason="new intent")
+    last = state.placements[-1]
+    if last.rejected is not None:
+        return Finish(status=IntentStatus.REJECTED, reason=last.rejected)
+    assert last.order is not None  # not live and not rejected means observed
+    status = last.order.status
+    if status is ExchangeOrderStatus.REJECTED:
+        return Finish(status=IntentStatus.REJECTED, reason="the exchange rejected the order")
+    if status is ExchangeOrderStatus.EXPIRED or not _rests(desired):
+        return Finish(
+            status=IntentStatus.EXPIRED,
+            reason=f"{desired.time_in_force.value} order ended with {state.filled} filled",
+        )
+    if status is ExchangeOrderStatus.CANCELED and not last.cancel_requested:
+        if state.intent.on_external_cancel is ExternalCancelPolicy.FINISH:
+            return Finish(
+                status=IntentStatus.CANCELED,
+                reason="the order was cancelled on the exchange outside exchange-kernel",
+            )
+        return Place(
+            placement=_next_placement(state, remaining),
+            reason="restore: the order was cancelled on the exchange outside exchange-kernel",
+        )
+    # Cancelled by us to be replaced, or filled while the intent grew: place what is left.
+    return Place(placement=_next_placement(state, remaining), reason=f"place remaining {remaining}")
+
+
+def _rests(spec: OrderSpec) -> bool:
+    """Only GTC limit orders rest; market, IOC and FOK orders end by themselves."""
+    return spec.type is not OrderType.MARKET and spec.time_in_force is TimeInForce.GTC
+
+
+def _next_placement(state: IntentState, amount: Decimal) -> Placement:
+    number = len(state.placements)
+    return Placement(
+        number=number,
+        client_order_id=client_order_id(state.intent.intent_id, number),
+        revision=state.revision,
+        price=state.desired.price,
+        amount=amount,
+    )
+
+
+# --- recording what happened (pure state transitions) -------------------------------------
+
+
+def start(state: IntentState, action: Action, now: datetime) -> IntentState:
+    """Record that `action` is about to be executed; a placement is then live until observed."""
+    state = _log(state, action, now)
+    if isinstance(action, Place | Amend):
+        # Until the exchange answers, the new order's outcome is unknown.
+        placement = action.placement.model_copy(update={"outcome_unknown": True})
+        state = state.model_copy(update={"placements": (*state.placements, placement)})
+    if isinstance(action, Amend):
+        state = _update_placement(state, action.replaces, cancel_requested=True)
+    if isinstance(action, Cancel):
+        state = _update_placement(state, action.placement, cancel_requested=True)
+    return _refresh(state)
+
+
+def observe(state: IntentState, order: ExchangeOrder, now: datetime) -> IntentState:
+    """Merge an observed exchange order into the placement with its client order id."""
+    for placement in state.placements:
+        if placement.client_order_id != order.client_order_id:
+            continue
+        known = placement.order
+        if known is not None and _older(order, known):
+            return state
+        fills = _merge_fills(state.fills, order.fills)
+        state = _update_placement(
+            state, placement.number, order=order, outcome_unknown=False, rejected=None
+        )
+        state = state.model_copy(update={"fills": fills, "last_sync_at": now})
+        return _refresh(state)
+    return state
+
+
+def observe_absent(state: IntentState, number: int, now: datetime) -> IntentState:
+    """The exchange has no order with this placement's client order id."""
+    placement = state.placements[number]
+    if placement.order is None:
+        # It never reached the exchange. That is not a rejection of the intent: close the
+        # placement as if cancelled by us, so that the next plan places the remaining amount
+        # again under a fresh client order id.
+        state = _update_placement(
+            state,
+            number,
+            outcome_unknown=False,
+            cancel_requested=True,
+            order=_absent_order(placement, state),
+        )
+    else:
+        # Seen before, gone now (exchanges archive old orders): keep the last observation.
+        state = _update_placement(state, number, outcome_unknown=False)
+    return _refresh(state.model_copy(update={"last_sync_at": now}))
+
+
+def reject(state: IntentState, number: int, reason: str, now: datetime) -> IntentState:
+    """The exchange refused the placement (non-retryable): nothing was created."""
+    state = _update_placement(state, number, outcome_unknown=False, rejected=reason)
+    return _refresh(state.model_copy(update={"last_sync_at": now}))
+
+
+def unknown(state: IntentState, number: int) -> IntentState:
+    """A request for this placement ended without an answer: only a lookup can tell."""
+    return _refresh(_update_placement(state, number, outcome_unknown=True))
+
+
+def finish(state: IntentState, action: Finish, now: datetime) -> IntentState:
+    state = _log(state, action, now)
+    state = state.model_copy(
+        update={
+            "status": action.status,
+            "outcome_reason": action.reason,
+            "reconciliation_status": ReconciliationStatus.IN_SYNC,
+        }
+    )
+    return state
+
+
+def check_change(state: IntentState, change: IntentChange) -> None:
+    """Raise ChangeRejected naming the problem if `change` cannot apply to this intent."""
+    if state.status.is_terminal:
+        raise ChangeRejected(f"intent {state.intent.intent_id} is already {state.status.value}")
+    if state.cancel_reason is not None:
+        raise ChangeRejected(f"intent {state.intent.intent_id} is being cancelled")
+    desired = state.desired
+    if change.price is not None and desired.type is OrderType.MARKET:
+        raise ChangeRejected("price: a market order has no price to change")
+    if change.amount is not None and change.amount < state.filled:
+        raise ChangeRejected(f"amount {change.amount} is below the {state.filled} already filled")
+    new_spec = _changed_spec(state, change)
+    if state.rules is not None:
+        remaining = new_spec.amount - state.filled
+        if remaining > 0:
+            broken = state.rules.violations(new_spec, amount=remaining)
+            if broken:
+                raise ChangeRejected("; ".join(broken))
+
+
+def apply_change(state: IntentState, change: IntentChange, now: datetime) -> IntentState:
+    check_change(state, change)
+    desired = _changed_spec(state, change)
+    record = ActionRecord(at=now, action="modify", reason=_describe_change(change))
+    state = state.model_copy(
+        update={
+            "desired": desired,
+            "revision": state.revision + 1,
+            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
+        }
+    )
+    return _refresh(state)
+
+
+def check_cancel(state: IntentState) -> None:
+    if state.status.is_terminal:
+        raise ChangeRejected(f"intent {state.intent.intent_id} is already {state.status.value}")
+
+
+def request_cancel(state: IntentState, reason: str, now: datetime) -> IntentState:
+    check_cancel(state)
+    if state.cancel_reason is not None:
+        return state
+    record = ActionRecord(at=now, action="cancel requested", reason=reason)
+    return state.model_copy(
+        update={
+            "cancel_reason": reason,
+            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
+        }
+    )
+
+
+def derive_status(state: IntentState) -> IntentStatus:
+    """The non-terminal status that the observations show."""
+    if state.status.is_terminal:
+        return state.status
+    if state.filled > 0:
+        return IntentStatus.PARTIALLY_FILLED
+    if any(p.order is not None and p.order.status.is_live for p in state.placements):
+        return IntentStatus.OPEN
+    return IntentStatus.PENDING
+
+
+def _refresh(state: IntentState) -> IntentState:
+    if state.status.is_terminal:
+        return state
+    if any(p.outcome_unknown for p in state.placements):
+        reconciliation = ReconciliationStatus.UNKNOWN
+    elif isinstance(plan(state.model_copy(update={"status": IntentStatus.PENDING})), Wait):
+        reconciliation = ReconciliationStatus.IN_SYNC
+    else:
+        reconciliation = ReconciliationStatus.RECONCILING
+    return state.model_copy(
+        update={"status": derive_status(state), "reconciliation_status": reconciliation}
+    )
+
+
+def _log(state: IntentState, action: Action, now: datetime) -> IntentState:
+    record = ActionRecord(at=now, action=action.kind, reason=action.reason)
+    return state.model_copy(
+        update={"recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:]}
+    )
+
+
+def _update_placement(state: IntentState, number: int, **fields: object) -> IntentState:
+    placements = tuple(
+        p.model_copy(update=fields) if p.number == number else p for p in state.placements
+    )
+    return state.model_copy(update={"placements": placements})
+
+
+def _older(new: ExchangeOrder, known: ExchangeOrder) -> bool:
+    """Observations can arrive out of order (poll vs pushed); never step back."""
+    if known.status.is_live is False and new.status.is_live:
+        return True
+    return new.filled < known.filled
+
+
+def _merge_fills(known: tuple[Fill, ...], new: tuple[Fill, ...]) -> tuple[Fill, ...]:
+    ids = {f.trade_id for f in known}
+    merged = list(known)
+    for fill in new:
+        if fill.trade_id not in ids:
+            merged.append(fill)
+            ids.add(fill.trade_id)
+    return tuple(merged)
+
+
+def _absent_order(placement: Placement, state: IntentState) -> ExchangeOrder:
+    return ExchangeOrder(
+        exchange_order_id="",
+        client_order_id=placement.client_order_id,
+        symbol=state.desired.symbol,
+        side=state.desired.side,
+        type="absent",
+        status=ExchangeOrderStatus.CANCELED,
+        amount=placement.amount,
+    )
+
+
+def _changed_spec(state: IntentState, change: IntentChange) -> OrderSpec:
+    update: dict[str, Decimal] = {}
+    if change.price is not None:
+        update["price"] = change.price
+    if change.amount is not None:
+        update["amount"] = change.amount
+    # Rebuild through validation so that the changed spec obeys the same rules as a new one.
+    return OrderSpec.model_validate({**state.desired.model_dump(), **update})
+
+
+def _describe_change(change: IntentChange) -> str:
+    parts = []
+    if change.price is not None:
+        parts.append(f"price -> {change.price}")
+    if change.amount is not None:
+        parts.append(f"amount -> {change.amount}")
+    return ", ".join(parts)

@@ -1,0 +1,396 @@
+"""OrderIntentWorkflow: one durable workflow per intent, converging the exchange on it.
+
+The workflow holds no trading logic: it asks `reconcile.plan()` for the next action, executes it
+through an exchange activity, records what it observed, and repeats. Modifications and
+cancellations arrive as signals (fire and forget) or as updates (validated, answered).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from exchange_kernel import reconcile
+    from exchange_kernel.devserver import (
+        EXCHANGE_ORDER_IDS,
+        INTENT_STATUS,
+        LAST_SYNC_AT,
+        RECONCILIATION_STATUS,
+    )
+    from exchange_kernel.models import (
+        ActionRecord,
+        AmendRequest,
+        AmendResult,
+        ExchangeOrder,
+        IntentChange,
+        IntentStart,
+        IntentState,
+        IntentStatus,
+        MarketRequest,
+        MarketRules,
+        OrderLookup,
+        OrderRequest,
+        Placement,
+    )
+
+EXCHANGE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+# How long one exchange call may keep retrying before the workflow treats its outcome as unknown.
+EXCHANGE_CALL_BUDGET = timedelta(minutes=5)
+EXCHANGE_CALL_TIMEOUT = timedelta(seconds=30)
+# Consecutive exchange calls that exhausted their budget before the intent is given up (failed).
+MAX_UNANSWERED_CALLS = 3
+
+
+def _rejection(error: ActivityError) -> str | None:
+    """The exchange's refusal, if the activity failed with a non-retryable exchange error."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.non_retryable:
+        return cause.message
+    return None
+
+
+@workflow.defn(name="OrderIntent")
+class OrderIntentWorkflow:
+    @workflow.init
+    def __init__(self, start: IntentStart) -> None:
+        self.start_input = start
+        self.state = start.state or IntentState(intent=start.intent, desired=start.intent.order)
+        self.dirty = False
+        self.inbox: list[ExchangeOrder] = []
+        self.unanswered = 0
+        self.published: dict[str, object] = {}
+        self.last_error = ""
+        self.resync_requested = False
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @workflow.query(name="state")
+    def query_state(self) -> IntentState:
+        return self.state
+
+    # --- signals: fire and forget ------------------------------------------------------------
+
+    @workflow.signal(name="modify")
+    def modify_signal(self, change: IntentChange) -> None:
+        try:
+            self.state = reconcile.apply_change(self.state, change, workflow.now())
+        except reconcile.ChangeRejected as exc:
+            self._note("modify rejected", str(exc))
+        self.dirty = True
+
+    @workflow.signal(name="cancel")
+    def cancel_signal(self, reason: str) -> None:
+        try:
+            self.state = reconcile.request_cancel(self.state, reason or "cancelled", workflow.now())
+        except reconcile.ChangeRejected as exc:
+            self._note("cancel rejected", str(exc))
+        self.dirty = True
+
+    @workflow.signal
+    def observed(self, order: ExchangeOrder) -> None:
+        """An observation pushed from outside (the account-level sync)."""
+        self.inbox.append(order)
+        self.dirty = True
+
+    @workflow.signal
+    def resync(self) -> None:
+        """Look at the exchange now instead of at the next poll."""
+        self.dirty = True
+        self.resync_requested = True
+
+    # --- updates: validated, answered ----------------------------------------------------------
+
+    @workflow.update(name="modify")
+    def modify_update(self, change: IntentChange) -> IntentState:
+        self.state = reconcile.apply_change(self.state, change, workflow.now())
+        self.dirty = True
+        return self.state
+
+    @modify_update.validator
+    def _validate_modify(self, change: IntentChange) -> None:
+        try:
+            reconcile.check_change(self.state, change)
+        except reconcile.ChangeRejected as exc:
+            raise ApplicationError(str(exc), type="ChangeRejected", non_retryable=True) from None
+
+    @workflow.update(name="cancel")
+    def cancel_update(self, reason: str) -> IntentState:
+        self.state = reconcile.request_cancel(self.state, reason or "cancelled", workflow.now())
+        self.dirty = True
+        return self.state
+
+    @cancel_update.validator
+    def _validate_cancel(self, reason: str) -> None:
+        try:
+            reconcile.check_cancel(self.state)
+        except reconcile.ChangeRejected as exc:
+            raise ApplicationError(str(exc), type="ChangeRejected", non_retryable=True) from None
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, start: IntentStart) -> IntentState:
+        poll = start.poll_first
+        if self.state.rules is None:
+            rules = await self._load_rules()
+            if rules is None:
+                return await self._finish_now()
+            self.state = self.state.model_copy(update={"rules": rules})
+
+        while True:
+            self._take_inbox()
+            action = reconcile.plan(self.state)
+            self._publish()
+            if isinstance(action, reconcile.Finish):
+                return await self._finish(action)
+            if self.unanswered >= MAX_UNANSWERED_CALLS:
+                return await self._finish(
+                    reconcile.Finish(
+                        status=IntentStatus.FAILED,
+                        reason=f"gave up after {self.unanswered} unanswered exchange calls: "
+                        f"{self.last_error}",
+                    )
+                )
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                self._take_inbox()
+                workflow.continue_as_new(start.model_copy(update={"state": self.state}))
+            if isinstance(action, reconcile.Wait):
+                self.dirty = False
+                try:
+                    await workflow.wait_condition(
+                        lambda: self.dirty,
+                        timeout=poll,
+                        timeout_summary="next look at the exchange",
+                    )
+                except TimeoutError:
+                    poll = min(poll * 2, start.poll_ceiling)
+                    await self._look_at_live_order()
+                    continue
+                if self.resync_requested:
+                    self.resync_requested = False
+                    await self._look_at_live_order()
+                continue
+            await self._execute(action)
+            poll = start.poll_first
+
+    # --- executing actions ---------------------------------------------------------------------
+
+    async def _execute(self, action: reconcile.Action) -> None:
+        self.state = reconcile.start(self.state, action, workflow.now())
+        match action:
+            case reconcile.Place(placement=placement):
+                await self._place(placement)
+            case reconcile.Amend(replaces=replaces, placement=placement):
+                await self._amend(self.state.placements[replaces], placement)
+            case reconcile.Cancel(placement=number):
+                await self._cancel(self.state.placements[number])
+            case reconcile.Lookup(placement=number):
+                await self._lookup(self.state.placements[number])
+
+    async def _place(self, placement: Placement) -> None:
+        request = self._order_request(placement)
+        try:
+            order = await self._call(
+                "place_order",
+                request,
+                ExchangeOrder,
+                f"place {placement.client_order_id}: {self._describe(placement)}",
+            )
+        except ActivityError as error:
+            self._failed_call(placement, error)
+            return
+        self.state = reconcile.observe(self.state, order, workflow.now())
+
+    async def _amend(self, old: Placement, new: Placement) -> None:
+        assert old.order is not None
+        request = AmendRequest(
+            account=self.state.intent.account,
+            replaces_client_order_id=old.client_order_id,
+            replaces_exchange_order_id=old.order.exchange_order_id,
+            order=self._order_request(new),
+        )
+        summary = f"amend {old.client_order_id} -> {new.client_order_id}: {self._describe(new)}"
+        try:
+            result = await self._call("amend_order", request, AmendResult, summary)
+        except ActivityError as error:
+            # The old order may or may not have been cancelled: look before anything else.
+            self.state = reconcile.unknown(self.state, old.number)
+            self._failed_call(new, error)
+            return
+        now = workflow.now()
+        if result.replaced is not None:
+            self.state = reconcile.observe(self.state, result.replaced, now)
+        if result.order is not None:
+            self.state = reconcile.observe(self.state, result.order, now)
+        else:
+            self.state = reconcile.observe_absent(self.state, new.number, now)
+
+    async def _cancel(self, placement: Placement) -> None:
+        request = self._lookup_request(placement)
+        try:
+            order = await self._call(
+                "cancel_order",
+                request,
+                ExchangeOrder | None,
+                f"cancel {placement.client_order_id}",
+            )
+        except ActivityError as error:
+            self.state = reconcile.unknown(self.state, placement.number)
+            self._count_unanswered(error)
+            return
+        self._record_lookup(placement, order)
+
+    async def _lookup(self, placement: Placement) -> None:
+        request = self._lookup_request(placement)
+        try:
+            order = await self._call(
+                "fetch_order",
+                request,
+                ExchangeOrder | None,
+                f"look up {placement.client_order_id}",
+            )
+        except ActivityError as error:
+            self._count_unanswered(error)
+            return
+        self._record_lookup(placement, order)
+
+    async def _look_at_live_order(self) -> None:
+        live = self.state.live_placement
+        if live is not None:
+            await self._lookup(live)
+
+    def _record_lookup(self, placement: Placement, order: ExchangeOrder | None) -> None:
+        now = workflow.now()
+        if order is None:
+            self.state = reconcile.observe_absent(self.state, placement.number, now)
+        else:
+            self.state = reconcile.observe(self.state, order, now)
+
+    async def _load_rules(self) -> MarketRules | None:
+        request = MarketRequest(account=self.state.intent.account, symbol=self.state.desired.symbol)
+        try:
+            return await self._call(
+                "load_market", request, MarketRules, f"market rules of {request.symbol}"
+            )
+        except ActivityError as error:
+            reason = _rejection(error) or f"could not load market rules: {error.cause}"
+            status = IntentStatus.REJECTED if _rejection(error) else IntentStatus.FAILED
+            self.state = reconcile.finish(
+                self.state, reconcile.Finish(status=status, reason=reason), workflow.now()
+            )
+            return None
+
+    async def _call(self, activity: str, arg: object, result_type: object, summary: str) -> object:
+        result = await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=result_type,  # type: ignore[arg-type]
+            start_to_close_timeout=EXCHANGE_CALL_TIMEOUT,
+            schedule_to_close_timeout=EXCHANGE_CALL_BUDGET,
+            retry_policy=EXCHANGE_RETRY,
+            summary=summary,
+        )
+        self.unanswered = 0
+        return result
+
+    def _failed_call(self, placement: Placement, error: ActivityError) -> None:
+        rejection = _rejection(error)
+        if rejection is not None:
+            self.state = reconcile.reject(self.state, placement.number, rejection, workflow.now())
+        else:
+            self.state = reconcile.unknown(self.state, placement.number)
+            self._count_unanswered(error)
+
+    def _count_unanswered(self, error: ActivityError) -> None:
+        self.unanswered += 1
+        self.last_error = str(error.cause or error)
+        self._note("exchange call failed", self.last_error)
+
+    # --- finishing and visibility --------------------------------------------------------------
+
+    async def _finish(self, action: reconcile.Finish) -> IntentState:
+        if not self.state.status.is_terminal:
+            self.state = reconcile.finish(self.state, action, workflow.now())
+        return await self._finish_now()
+
+    async def _finish_now(self) -> IntentState:
+        self._publish()
+        # Let in-flight updates answer before the workflow closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.state
+
+    def _publish(self) -> None:
+        """Keep search attributes and memo current; upsert only what changed (each is an event)."""
+        state = self.state
+        values: dict[str, object] = {
+            "status": state.status.value,
+            "reconciliation": state.reconciliation_status.value,
+            "order_ids": tuple(state.exchange_order_ids),
+        }
+        changed = {k: v for k, v in values.items() if self.published.get(k) != v}
+        if changed:
+            updates = [
+                INTENT_STATUS.value_set(state.status.value),
+                RECONCILIATION_STATUS.value_set(state.reconciliation_status.value),
+            ]
+            if state.exchange_order_ids:
+                updates.append(EXCHANGE_ORDER_IDS.value_set(state.exchange_order_ids))
+            updates.append(LAST_SYNC_AT.value_set(workflow.now()))
+            workflow.upsert_search_attributes(updates)
+            self.published.update(values)
+        summary = self._summary()
+        if self.published.get("summary") != summary:
+            workflow.upsert_memo({"summary": summary})
+            self.published["summary"] = summary
+
+    def _summary(self) -> str:
+        state = self.state
+        text = f"{state.desired.summary()} [{state.status.value}"
+        if state.filled:
+            text += f", filled {state.filled}"
+        return text + "]"
+
+    def _note(self, action: str, reason: str) -> None:
+        record = ActionRecord(at=workflow.now(), action=action, reason=reason)
+        actions = (*self.state.recent_actions, record)[-reconcile.RECENT_ACTIONS :]
+        self.state = self.state.model_copy(update={"recent_actions": actions})
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def _order_request(self, placement: Placement) -> OrderRequest:
+        desired = self.state.desired
+        return OrderRequest(
+            account=self.state.intent.account,
+            symbol=desired.symbol,
+            side=desired.side,
+            type=desired.type,
+            client_order_id=placement.client_order_id,
+            amount=placement.amount,
+            price=placement.price,
+            stop_price=desired.stop_price,
+            time_in_force=desired.time_in_force,
+            post_only=desired.post_only,
+            reduce_only=desired.reduce_only,
+        )
+
+    def _lookup_request(self, placement: Placement) -> OrderLookup:
+        return OrderLookup(
+            account=self.state.intent.account,
+            symbol=self.state.desired.symbol,
+            client_order_id=placement.client_order_id,
+            known_filled=placement.filled,
+        )
+
+    def _describe(self, placement: Placement) -> str:
+        desired = self.state.desired
+        price = "market" if placement.price is None else str(placement.price)
+        return f"{desired.side.value} {placement.amount} {desired.symbol} @ {price}"
