@@ -163,12 +163,15 @@ def dev(
         Path, typer.Option(help="where the Temporal SQLite file and logs live")
     ] = Path(".exchange-kernel"),
     task_queue: Annotated[str, typer.Option(help="Temporal task queue")] = TASK_QUEUE,
+    ready_file: Annotated[
+        Path | None, typer.Option(help="write the addresses here once everything is up")
+    ] = None,
 ) -> None:
     """Run everything locally: Temporal dev server + UI, the paper exchange, and a worker
     with an account named `paper` on it. Ctrl-C stops all three."""
     from exchange_kernel.dev import run_dev
 
-    run(run_dev(port, ui_port, sim_port, data_dir, task_queue, console))
+    run(run_dev(port, ui_port, sim_port, data_dir, task_queue, console, ready_file))
 
 
 # --- intents -----------------------------------------------------------------------------------

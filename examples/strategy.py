@@ -1,0 +1,90 @@
+"""An example strategy: a few intents, a modification, a cancellation, fills.
+
+Run it against `exchange-kernel dev` (or via `make demo`, which starts everything first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.request
+from decimal import Decimal
+
+from exchange_kernel.client import IntentClient
+from exchange_kernel.models import IntentState, IntentStatus, OrderIntent, OrderSpec
+
+
+def move_price(paper_url: str, symbol: str, price: str, volume: str | None = None) -> None:
+    """The paper exchange's admin API: set the last price; crossing orders fill."""
+    body = {"symbol": symbol, "price": price, **({"volume": volume} if volume else {})}
+    request = urllib.request.Request(
+        f"{paper_url}/sim/v1/price",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+
+
+async def run_strategy(intents: IntentClient, paper_url: str, run_id: str) -> list[IntentState]:
+    move_price(paper_url, "BTCUSDT", "30000")
+    move_price(paper_url, "ETHUSDT", "2000")
+    wanted = {
+        "btc-bid": OrderSpec(symbol="BTC/USDT", side="buy", amount="0.05", price="29900"),
+        "btc-ask": OrderSpec(symbol="BTC/USDT", side="sell", amount="0.05", price="30500"),
+        "eth-bid": OrderSpec(symbol="ETH/USDT", side="buy", amount="1", price="1980"),
+        "eth-deep": OrderSpec(symbol="ETH/USDT", side="buy", amount="2", price="1900"),
+    }
+    ids = {}
+    for name, spec in wanted.items():
+        intent = OrderIntent(
+            intent_id=f"demo-{run_id}-{name}", account="paper", strategy_id="demo", order=spec
+        )
+        await intents.submit(intent)
+        ids[name] = intent.intent_id
+        print(f"submitted {intent.intent_id}: {spec.summary()}")
+
+    def resting(state: IntentState) -> bool:
+        return state.status is IntentStatus.OPEN and state.reconciliation_status == "in_sync"
+
+    for intent_id in ids.values():
+        await intents.wait_for(intent_id, resting)
+
+    await intents.modify(ids["btc-bid"], price="29950")  # chase the market
+    print("modified btc-bid: price 29950")
+    await intents.cancel(ids["eth-deep"], "no longer wanted")
+    print("cancelled eth-deep")
+
+    move_price(paper_url, "BTCUSDT", "29950")  # btc-bid fills
+    move_price(paper_url, "ETHUSDT", "1980", volume="0.4")  # eth-bid fills partially
+    for intent_id in ids.values():
+        await intents.resync(intent_id)
+    await intents.wait_for(ids["btc-bid"], lambda s: s.status is IntentStatus.FILLED)
+    await intents.wait_for(ids["eth-bid"], lambda s: s.filled == Decimal("0.4"))
+    return [await intents.state(intent_id) for intent_id in ids.values()]
+
+
+async def main(address: str, paper_url: str, run_id: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    intents = await IntentClient.connect(address)
+    states = await run_strategy(intents, paper_url, run_id)
+    table = Table(title="intents after the demo")
+    for column in ("intent", "desired", "status", "filled", "avg price", "exchange orders"):
+        table.add_column(column)
+    for state in states:
+        average = state.average_price
+        table.add_row(
+            state.intent.intent_id,
+            state.desired.summary(),
+            state.status.value,
+            f"{state.filled}/{state.desired.amount}",
+            "-" if average is None else f"{average.normalize()}",
+            str(len(state.placements)),
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
