@@ -174,7 +174,7 @@ class IntentClient:
 
     async def result(self, intent_id: str) -> IntentState:
         """Wait until the intent is terminal and return its final state."""
-        return await self._handle(intent_id).result(result_type=IntentState)
+        return await self._handle(intent_id).result()
 
     async def wait_for(
         self,
@@ -223,7 +223,9 @@ class IntentClient:
     def _handle(self, intent_id: str) -> WorkflowHandle:
         if not ID_RE.match(intent_id):
             raise IntentNotFound(f"{intent_id!r} is not a valid intent id")
-        return self.temporal.get_workflow_handle(workflow_id_for(intent_id))
+        return self.temporal.get_workflow_handle(
+            workflow_id_for(intent_id), result_type=IntentState
+        )
 
     async def _update(self, intent_id: str, name: str, arg: object) -> IntentState:
         handle = self._handle(intent_id)
