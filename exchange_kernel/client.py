@@ -236,6 +236,12 @@ class IntentClient:
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise IntentRejected(message) from None
         except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                # Updates cannot reach a closed workflow; say why if the intent has finished.
+                finished = await self.state(intent_id)
+                raise IntentRejected(
+                    f"intent {intent_id} is already {finished.status.value}"
+                ) from None
             raise self._not_found(intent_id, exc) from None
 
     async def _signal(self, intent_id: str, name: str, arg: object) -> None:

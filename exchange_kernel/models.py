@@ -344,6 +344,7 @@ class MarketRules(Value):
     min_price: Money | None = None
     max_price: Money | None = None
     min_notional: Money | None = None
+    max_notional: Money | None = None
     native_amend: bool = False
 
     def violations(self, spec: OrderSpec, amount: Decimal | None = None) -> list[str]:
@@ -371,6 +372,11 @@ class MarketRules(Value):
                 broken.append(
                     f"notional {notional} (amount x price) is below the minimum notional "
                     f"{self.min_notional}"
+                )
+            if self.max_notional and notional > self.max_notional:
+                broken.append(
+                    f"notional {notional} (amount x price) is above the maximum notional "
+                    f"{self.max_notional}"
                 )
         return broken
 

@@ -199,7 +199,7 @@ async def test_insufficient_funds_is_rejected_with_the_reason(
     intents: IntentClient, paper: Paper
 ) -> None:
     await paper.move_price("BTC/USDT", "30000")
-    intent = new_intent(amount="900", price="29000")
+    intent = new_intent(amount="50", price="29000")  # 1.45M USDT; the account holds 1M
     await intents.submit(intent)
     final = await intents.result(intent.intent_id)
     assert final.status is IntentStatus.REJECTED

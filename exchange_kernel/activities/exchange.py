@@ -284,5 +284,6 @@ def market_rules(client: Any, market: dict[str, Any]) -> MarketRules:
         min_price=positive(price_limits.get("min")),
         max_price=positive(price_limits.get("max")),
         min_notional=positive(cost_limits.get("min")),
+        max_notional=positive(cost_limits.get("max")),
         native_amend=has_edit,
     )

@@ -182,6 +182,12 @@ class OrderIntentWorkflow:
             await self._execute(action)
             poll = start.poll_first
 
+    def _take_inbox(self) -> None:
+        now = workflow.now()
+        for order in self.inbox:
+            self.state = reconcile.observe(self.state, order, now)
+        self.inbox.clear()
+
     # --- executing actions ---------------------------------------------------------------------
 
     async def _execute(self, action: reconcile.Action) -> None:
