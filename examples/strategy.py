@@ -26,7 +26,17 @@ def move_price(paper_url: str, symbol: str, price: str, volume: str | None = Non
     urllib.request.urlopen(request, timeout=5).close()
 
 
+async def cancel_previous_runs(intents: IntentClient) -> None:
+    """A fresh start: cancel what earlier runs of this strategy left resting."""
+    for status in (IntentStatus.OPEN, IntentStatus.PARTIALLY_FILLED, IntentStatus.PENDING):
+        for row in await intents.list(strategy="demo", status=status):
+            await intents.signal_cancel(row.intent_id, "new demo run")
+            await intents.result(row.intent_id)
+            print(f"cancelled {row.intent_id} from an earlier run")
+
+
 async def run_strategy(intents: IntentClient, paper_url: str, run_id: str) -> list[IntentState]:
+    await cancel_previous_runs(intents)
     move_price(paper_url, "BTCUSDT", "30000")
     move_price(paper_url, "ETHUSDT", "2000")
     wanted = {
@@ -70,7 +80,7 @@ async def main(address: str, paper_url: str, run_id: str) -> None:
 
     intents = await IntentClient.connect(address)
     states = await run_strategy(intents, paper_url, run_id)
-    table = Table(title="intents after the demo")
+    table = Table(title="intents after the demo", expand=False)
     for column in ("intent", "desired", "status", "filled", "avg price", "exchange orders"):
         table.add_column(column)
     for state in states:
@@ -80,7 +90,7 @@ async def main(address: str, paper_url: str, run_id: str) -> None:
             state.desired.summary(),
             state.status.value,
             f"{state.filled}/{state.desired.amount}",
-            "-" if average is None else f"{average.normalize()}",
+            "-" if average is None else f"{average.normalize():f}",
             str(len(state.placements)),
         )
     Console().print(table)

@@ -159,7 +159,11 @@ class IntentClient:
         await self._signal(intent_id, "observed", order)
 
     async def resync(self, intent_id: str) -> None:
-        await self._signal(intent_id, "resync", None)
+        """Have the intent look at the exchange now (a finished intent has nothing to look at)."""
+        try:
+            await self._signal(intent_id, "resync", None)
+        except IntentRejected:
+            pass
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -252,6 +256,11 @@ class IntentClient:
             else:
                 await handle.signal(name, arg)
         except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                finished = await self.state(intent_id)
+                raise IntentRejected(
+                    f"intent {intent_id} is already {finished.status.value}"
+                ) from None
             raise self._not_found(intent_id, exc) from None
 
     @staticmethod
