@@ -31,6 +31,7 @@ from exchange_kernel.models import (
 )
 
 RECENT_ACTIONS = 20
+ABSENT = "absent"  # ExchangeOrder.type of a placement that a lookup did not find
 
 
 class Place(Value):
@@ -160,6 +161,12 @@ def _plan_idle(state: IntentState) -> Action:
     status = last.order.status
     if status is ExchangeOrderStatus.REJECTED:
         return Finish(status=IntentStatus.REJECTED, reason="the exchange rejected the order")
+    if status is ExchangeOrderStatus.CANCELED and last.cancel_requested and not _rests(desired):
+        # Cancelled by us, or never reached the exchange (observe_absent): a market/IOC/FOK
+        # order that never ran has not expired; place it again.
+        return Place(
+            placement=_next_placement(state, remaining), reason=f"place remaining {remaining}"
+        )
     if status is ExchangeOrderStatus.EXPIRED or not _rests(desired):
         return Finish(
             status=IntentStatus.EXPIRED,
@@ -365,6 +372,10 @@ def _update_placement(state: IntentState, number: int, **fields: object) -> Inte
 
 def _older(new: ExchangeOrder, known: ExchangeOrder) -> bool:
     """Observations can arrive out of order (poll vs pushed); never step back."""
+    if known.type == ABSENT:
+        # Not an observation but the record of a lookup that found nothing: a request that
+        # was only delayed can still create the order later, and then it must be seen.
+        return False
     if known.status.is_live is False and new.status.is_live:
         return True
     return new.filled < known.filled
@@ -386,7 +397,7 @@ def _absent_order(placement: Placement, state: IntentState) -> ExchangeOrder:
         client_order_id=placement.client_order_id,
         symbol=state.desired.symbol,
         side=state.desired.side,
-        type="absent",
+        type=ABSENT,
         status=ExchangeOrderStatus.CANCELED,
         amount=placement.amount,
     )

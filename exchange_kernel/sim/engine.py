@@ -1,0 +1,848 @@
+"""The paper exchange: accounts, orders, a moving last price, fills and fees. No HTTP.
+
+Liquidity model: each symbol has a last price that the operator moves (`set_price`). The
+exchange itself is the counterparty of every fill:
+
+* an order that crosses the last price when it arrives (MARKET, or a limit through the price)
+  takes at the last price (taker);
+* a resting order fills at its own limit price (maker) when the operator moves the last price
+  through it, in price-time priority, up to the volume the move carries.
+
+Orders never match each other. The counterparty's running position is kept in `counterparty`,
+so every unit of every asset is accounted for: per asset,
+``sum(free + locked over accounts) + fees_collected + counterparty`` never changes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+
+from exchange_kernel.sim import errors
+from exchange_kernel.sim.errors import BinanceError
+from exchange_kernel.sim.symbols import DEFAULT_BALANCES, DEFAULT_SYMBOLS, SymbolSpec
+
+ZERO = Decimal(0)
+COMMISSION_QUANTUM = Decimal("0.00000001")
+DAY_MS = 86_400_000
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class OrderType(StrEnum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+    LIMIT_MAKER = "LIMIT_MAKER"
+    STOP_LOSS_LIMIT = "STOP_LOSS_LIMIT"
+    TAKE_PROFIT_LIMIT = "TAKE_PROFIT_LIMIT"
+
+
+class TimeInForce(StrEnum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class OrderStatus(StrEnum):
+    NEW = "NEW"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+
+
+class CancelReplaceMode(StrEnum):
+    STOP_ON_FAILURE = "STOP_ON_FAILURE"
+    ALLOW_FAILURE = "ALLOW_FAILURE"
+
+
+OPEN_STATUSES = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED})
+STOP_TYPES = frozenset({OrderType.STOP_LOSS_LIMIT, OrderType.TAKE_PROFIT_LIMIT})
+
+
+@dataclass
+class Balance:
+    free: Decimal = ZERO
+    locked: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return self.free + self.locked
+
+
+@dataclass
+class Account:
+    api_key: str
+    secret: str
+    balances: dict[str, Balance]
+
+    def balance(self, asset: str) -> Balance:
+        return self.balances.setdefault(asset, Balance())
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """An order request as the client phrased it (already parsed from the wire)."""
+
+    symbol: str
+    side: Side
+    type: OrderType
+    quantity: Decimal | None = None
+    quote_order_qty: Decimal | None = None
+    price: Decimal | None = None
+    stop_price: Decimal | None = None
+    time_in_force: TimeInForce | None = None
+    client_order_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    status: OrderStatus
+    time: int
+    seq: int
+
+
+@dataclass(eq=False)
+class Order:
+    order_id: int
+    client_order_id: str
+    account: str
+    symbol: str
+    side: Side
+    type: OrderType
+    time_in_force: TimeInForce | None
+    price: Decimal
+    stop_price: Decimal
+    orig_qty: Decimal
+    orig_quote_order_qty: Decimal
+    time: int
+    status: OrderStatus = OrderStatus.NEW
+    executed_qty: Decimal = ZERO
+    cummulative_quote_qty: Decimal = ZERO
+    update_time: int = 0
+    # Binance reports -1 for a stop order that has not triggered yet.
+    working_time: int = -1
+    # Sequence number at which the order started working: time priority among equal prices.
+    priority: int = 0
+    reserved_asset: str = ""
+    reserved: Decimal = ZERO
+    history: list[StatusChange] = field(default_factory=list)
+    trade_ids: list[int] = field(default_factory=list)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def is_working(self) -> bool:
+        return self.is_open and self.working_time >= 0
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.orig_qty - self.executed_qty
+
+
+@dataclass(frozen=True)
+class Trade:
+    trade_id: int
+    order_id: int
+    client_order_id: str
+    account: str
+    symbol: str
+    side: Side
+    price: Decimal
+    qty: Decimal
+    quote_qty: Decimal
+    commission: Decimal
+    commission_asset: str
+    time: int
+    is_maker: bool
+
+
+@dataclass(frozen=True)
+class Placement:
+    order: Order
+    fills: list[Trade]
+
+
+@dataclass(frozen=True)
+class CancelReplace:
+    cancel_result: str  # SUCCESS | FAILURE
+    new_order_result: str  # SUCCESS | FAILURE | NOT_ATTEMPTED
+    canceled: Order | None = None
+    cancel_error: BinanceError | None = None
+    placement: Placement | None = None
+    new_order_error: BinanceError | None = None
+
+
+@dataclass
+class Market:
+    spec: SymbolSpec
+    last: Decimal
+    # Most a single taker order can get from the counterparty; None = unlimited.
+    taker_liquidity: Decimal | None = None
+    price_history: list[tuple[int, Decimal]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stats24h:
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    last: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    last_qty: Decimal
+    first_trade_id: int
+    last_trade_id: int
+    count: int
+    open_time: int
+    close_time: int
+
+
+def generate_client_order_id() -> str:
+    """An id in the style Binance generates when the client sends none (22 alphanumerics)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(22))
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Exchange:
+    """In-memory Binance-like spot exchange. Every mutation is synchronous and atomic."""
+
+    def __init__(
+        self,
+        symbols: Iterable[SymbolSpec] = DEFAULT_SYMBOLS,
+        accounts: Mapping[str, str] | None = None,
+        fee_rate: Decimal = Decimal("0.001"),
+        initial_balances: Mapping[str, Decimal] | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.fee_rate = Decimal(fee_rate)
+        self._specs = {spec.symbol: spec for spec in symbols}
+        self._default_balances = dict(initial_balances or DEFAULT_BALANCES)
+        self._account_templates: dict[str, tuple[str, dict[str, Decimal]]] = {
+            key: (secret, self._default_balances) for key, secret in (accounts or {}).items()
+        }
+        self._clock = clock or _wall_clock_ms
+        self._last_ms = 0
+        # Ids and sequence numbers survive reset() so that no id is ever handed out twice.
+        self._next_order_id = 1
+        self._next_trade_id = 1
+        self._seq = 0
+        self.reset()
+
+    # ------------------------------------------------------------------ setup & state
+
+    def reset(self) -> None:
+        """Back to the starting book: initial prices and balances, no orders, no trades."""
+        now = self.now()
+        self.markets: dict[str, Market] = {
+            sym: Market(
+                spec=spec, last=spec.initial_price, price_history=[(now, spec.initial_price)]
+            )
+            for sym, spec in self._specs.items()
+        }
+        self.accounts: dict[str, Account] = {}
+        for key, (secret, balances) in self._account_templates.items():
+            self.accounts[key] = self._fresh_account(key, secret, balances)
+        self.orders: dict[int, Order] = {}
+        self._open: dict[int, Order] = {}
+        # (account, symbol, clientOrderId) -> the newest order carrying that id.
+        self._by_client_id: dict[tuple[str, str, str], Order] = {}
+        self.trades: list[Trade] = []
+        self.fees_collected: dict[str, Decimal] = dict.fromkeys(self.assets, ZERO)
+        self.counterparty: dict[str, Decimal] = dict.fromkeys(self.assets, ZERO)
+
+    def add_account(
+        self, api_key: str, secret: str, balances: Mapping[str, Decimal] | None = None
+    ) -> Account:
+        template = dict(balances) if balances is not None else self._default_balances
+        self._account_templates[api_key] = (secret, template)
+        account = self._fresh_account(api_key, secret, template)
+        self.accounts[api_key] = account
+        return account
+
+    def _fresh_account(self, key: str, secret: str, balances: Mapping[str, Decimal]) -> Account:
+        return Account(
+            api_key=key,
+            secret=secret,
+            balances={
+                asset: Balance(free=Decimal(balances.get(asset, ZERO))) for asset in self.assets
+            },
+        )
+
+    @property
+    def assets(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for spec in self._specs.values():
+            seen[spec.base] = None
+            seen[spec.quote] = None
+        for asset in self._default_balances:
+            seen[asset] = None
+        return list(seen)
+
+    @property
+    def sequence(self) -> int:
+        """Grows with every state change; Binance's `lastUpdateId` in spirit."""
+        return self._seq
+
+    @property
+    def symbols(self) -> list[SymbolSpec]:
+        return list(self._specs.values())
+
+    def spec(self, symbol: str) -> SymbolSpec:
+        return self._market(symbol).spec
+
+    def last_price(self, symbol: str) -> Decimal:
+        return self._market(symbol).last
+
+    def account(self, api_key: str) -> Account | None:
+        return self.accounts.get(api_key)
+
+    def holdings(self) -> dict[str, Decimal]:
+        """Per asset: every account's free+locked, plus fees collected, plus counterparty."""
+        totals = {
+            asset: self.fees_collected[asset] + self.counterparty[asset] for asset in self.assets
+        }
+        for account in self.accounts.values():
+            for asset, bal in account.balances.items():
+                totals[asset] = totals.get(asset, ZERO) + bal.total
+        return totals
+
+    def set_taker_liquidity(self, symbol: str, qty: Decimal | None) -> None:
+        self._market(symbol).taker_liquidity = qty
+
+    def _market(self, symbol: str) -> Market:
+        market = self.markets.get(symbol)
+        if market is None:
+            raise errors.invalid_symbol()
+        return market
+
+    def _account(self, api_key: str) -> Account:
+        account = self.accounts.get(api_key)
+        if account is None:
+            raise errors.invalid_api_key()
+        return account
+
+    def now(self) -> int:
+        # Never let time run backwards inside one order's history.
+        self._last_ms = max(self._last_ms, self._clock())
+        return self._last_ms
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # ------------------------------------------------------------------ orders
+
+    def place_order(self, api_key: str, request: NewOrder) -> Placement:
+        account = self._account(api_key)
+        market, qty = self._validate(request)
+        return self._open_order(account, market, request, qty)
+
+    def check_order(self, request: NewOrder) -> None:
+        """What POST /api/v3/order/test does: parameter and filter checks, nothing placed."""
+        self._validate(request)
+
+    def get_order(
+        self,
+        api_key: str,
+        symbol: str,
+        order_id: int | None = None,
+        client_order_id: str | None = None,
+    ) -> Order:
+        self._market(symbol)
+        order = self._find(api_key, symbol, order_id, client_order_id)
+        if order is None:
+            raise errors.order_does_not_exist()
+        return order
+
+    def cancel_order(
+        self,
+        api_key: str,
+        symbol: str,
+        order_id: int | None = None,
+        client_order_id: str | None = None,
+    ) -> Order:
+        self._market(symbol)
+        order = self._find(api_key, symbol, order_id, client_order_id)
+        # Binance answers "Unknown order sent." for finished orders too, not only missing ones.
+        if order is None or not order.is_open:
+            raise errors.unknown_order()
+        self._finish(order, OrderStatus.CANCELED)
+        return order
+
+    def cancel_open_orders(self, api_key: str, symbol: str) -> list[Order]:
+        self._market(symbol)
+        targets = self.open_orders(api_key, symbol)
+        if not targets:
+            raise errors.unknown_order()
+        for order in targets:
+            self._finish(order, OrderStatus.CANCELED)
+        return targets
+
+    def open_orders(self, api_key: str, symbol: str | None = None) -> list[Order]:
+        if symbol is not None:
+            self._market(symbol)
+        return sorted(
+            (
+                o
+                for o in self._open.values()
+                if o.account == api_key and (symbol is None or o.symbol == symbol)
+            ),
+            key=lambda o: o.order_id,
+        )
+
+    def all_orders(
+        self,
+        api_key: str,
+        symbol: str,
+        *,
+        order_id: int | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int = 500,
+    ) -> list[Order]:
+        self._market(symbol)
+        selected = [
+            o
+            for o in self.orders.values()
+            if o.account == api_key
+            and o.symbol == symbol
+            and (order_id is None or o.order_id >= order_id)
+            and (start_time is None or o.time >= start_time)
+            and (end_time is None or o.time <= end_time)
+        ]
+        # Like myTrades: forwards from orderId/startTime, otherwise the newest orders.
+        if order_id is not None or start_time is not None:
+            return selected[:limit]
+        return selected[-limit:]
+
+    def cancel_replace(
+        self,
+        api_key: str,
+        request: NewOrder,
+        *,
+        cancel_order_id: int | None = None,
+        cancel_client_order_id: str | None = None,
+        mode: CancelReplaceMode = CancelReplaceMode.STOP_ON_FAILURE,
+    ) -> CancelReplace:
+        account = self._account(api_key)
+        if cancel_order_id is None and cancel_client_order_id is None:
+            raise errors.either_id_mandatory("cancelOrderId", "cancelOrigClientOrderId")
+        # A malformed replacement is rejected before anything is canceled, so the caller keeps
+        # the resting order; only failures that depend on state happen after the cancel.
+        market, qty = self._validate(request)
+        canceled: Order | None = None
+        cancel_error: BinanceError | None = None
+        try:
+            canceled = self.cancel_order(
+                api_key, request.symbol, cancel_order_id, cancel_client_order_id
+            )
+        except BinanceError as exc:
+            cancel_error = exc
+        if cancel_error is not None and mode is CancelReplaceMode.STOP_ON_FAILURE:
+            return CancelReplace("FAILURE", "NOT_ATTEMPTED", cancel_error=cancel_error)
+        try:
+            placement = self._open_order(account, market, request, qty)
+        except BinanceError as exc:
+            return CancelReplace(
+                "SUCCESS" if canceled else "FAILURE",
+                "FAILURE",
+                canceled=canceled,
+                cancel_error=cancel_error,
+                new_order_error=exc,
+            )
+        return CancelReplace(
+            "SUCCESS" if canceled else "FAILURE",
+            "SUCCESS",
+            canceled=canceled,
+            cancel_error=cancel_error,
+            placement=placement,
+        )
+
+    def my_trades(
+        self,
+        api_key: str,
+        symbol: str,
+        *,
+        order_id: int | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        from_id: int | None = None,
+        limit: int = 500,
+    ) -> list[Trade]:
+        self._market(symbol)
+        selected = [
+            t
+            for t in self.trades
+            if t.account == api_key
+            and t.symbol == symbol
+            and (order_id is None or t.order_id == order_id)
+            and (start_time is None or t.time >= start_time)
+            and (end_time is None or t.time <= end_time)
+            and (from_id is None or t.trade_id >= from_id)
+        ]
+        # Binance pages forwards from fromId/startTime, otherwise returns the newest trades.
+        if from_id is not None or start_time is not None:
+            return selected[:limit]
+        return selected[-limit:]
+
+    # ------------------------------------------------------------------ market data
+
+    def set_price(self, symbol: str, price: Decimal, volume: Decimal | None = None) -> list[Trade]:
+        """Move the last price; trigger stops and fill resting orders the move went through."""
+        market = self._market(symbol)
+        if price <= 0:
+            raise ValueError("price must be positive")
+        if volume is not None and volume < 0:
+            raise ValueError("volume must not be negative")
+        now = self.now()
+        market.last = price
+        market.price_history.append((now, price))
+
+        on_symbol = sorted(
+            (o for o in self._open.values() if o.symbol == symbol), key=lambda o: o.order_id
+        )
+        triggered = [o for o in on_symbol if not o.is_working and _stop_triggered(o, price)]
+        for order in triggered:
+            order.working_time = now
+            order.update_time = now
+            order.priority = self._next_seq()
+        triggered_ids = {o.order_id for o in triggered}
+
+        budget = volume
+        trades: list[Trade] = []
+        resting = [
+            o
+            for o in on_symbol
+            if o.is_working and o.order_id not in triggered_ids and _crosses(o.side, o.price, price)
+        ]
+        buys = sorted(
+            (o for o in resting if o.side is Side.BUY), key=lambda o: (-o.price, o.priority)
+        )
+        sells = sorted(
+            (o for o in resting if o.side is Side.SELL), key=lambda o: (o.price, o.priority)
+        )
+        for order in buys + sells:
+            if budget is not None and budget <= 0:
+                break
+            qty = order.remaining if budget is None else min(order.remaining, budget)
+            trades.append(self._fill(order, market, qty, order.price, is_maker=True))
+            if budget is not None:
+                budget -= qty
+        # A triggered stop arrives after the move, so it takes at the new price like any
+        # crossing limit order would.
+        for order in triggered:
+            if _crosses(order.side, order.price, price):
+                fills = self._take(order, market, budget)
+                trades.extend(fills)
+                if budget is not None:
+                    budget -= sum((t.qty for t in fills), ZERO)
+            self._expire_unfilled_remainder(order)
+        return trades
+
+    def book(
+        self, symbol: str, limit: int = 100
+    ) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """Bids and asks: resting orders plus the counterparty quoting the last price."""
+        market = self._market(symbol)
+        depth = market.taker_liquidity
+        if depth is None:
+            depth = market.spec.market_max_qty
+        bids: dict[Decimal, Decimal] = {market.last: depth}
+        asks: dict[Decimal, Decimal] = {market.last: depth}
+        for order in self._open.values():
+            if order.symbol != symbol or not order.is_working:
+                continue
+            side = bids if order.side is Side.BUY else asks
+            side[order.price] = side.get(order.price, ZERO) + order.remaining
+        return (
+            sorted(bids.items(), key=lambda kv: -kv[0])[:limit],
+            sorted(asks.items(), key=lambda kv: kv[0])[:limit],
+        )
+
+    def stats_24h(self, symbol: str) -> Stats24h:
+        market = self._market(symbol)
+        now = self.now()
+        since = now - DAY_MS
+        history = market.price_history
+        open_price = history[0][1]
+        for ts, px in history:
+            if ts <= since:
+                open_price = px
+        window = [px for ts, px in history if ts > since] + [open_price]
+        trades = [t for t in self.trades if t.symbol == symbol and t.time > since]
+        return Stats24h(
+            open=open_price,
+            high=max(window),
+            low=min(window),
+            last=market.last,
+            volume=sum((t.qty for t in trades), ZERO),
+            quote_volume=sum((t.quote_qty for t in trades), ZERO),
+            last_qty=trades[-1].qty if trades else ZERO,
+            first_trade_id=trades[0].trade_id if trades else -1,
+            last_trade_id=trades[-1].trade_id if trades else -1,
+            count=len(trades),
+            open_time=since,
+            close_time=now,
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _validate(self, request: NewOrder) -> tuple[Market, Decimal]:
+        """Static checks, in Binance's order: mandatory/forbidden params, then filters."""
+        market = self._market(request.symbol)
+        spec = market.spec
+        kind = request.type
+        if request.quote_order_qty is not None and kind is not OrderType.MARKET:
+            raise errors.not_required("quoteOrderQty")
+        if kind is OrderType.MARKET:
+            if request.time_in_force is not None:
+                raise errors.not_required("timeInForce")
+            if request.price is not None:
+                raise errors.not_required("price")
+            if request.stop_price is not None:
+                raise errors.not_required("stopPrice")
+            if request.quantity is None and request.quote_order_qty is None:
+                raise errors.either_id_mandatory("quantity", "quoteOrderQty")
+            if request.quantity is not None and request.quote_order_qty is not None:
+                raise errors.not_required("quoteOrderQty")
+            if request.quantity is not None:
+                qty = request.quantity
+                spec.check_quantity(qty, market=True)
+                spec.check_notional(qty * market.last, market=True)
+            else:
+                assert request.quote_order_qty is not None
+                if request.quote_order_qty <= 0:
+                    raise errors.invalid_quantity()
+                spec.check_notional(request.quote_order_qty, market=True)
+                qty = spec.floor_to_step(request.quote_order_qty / market.last)
+                spec.check_quantity(qty, market=True)
+            return market, qty
+
+        if request.quantity is None:
+            raise errors.mandatory("quantity")
+        if request.price is None:
+            raise errors.mandatory("price")
+        if kind is OrderType.LIMIT_MAKER:
+            if request.time_in_force is not None:
+                raise errors.not_required("timeInForce")
+        elif request.time_in_force is None:
+            raise errors.mandatory("timeInForce")
+        if kind in STOP_TYPES:
+            if request.stop_price is None:
+                raise errors.mandatory("stopPrice")
+        elif request.stop_price is not None:
+            raise errors.not_required("stopPrice")
+        spec.check_price(request.price)
+        if request.stop_price is not None:
+            spec.check_price(request.stop_price)
+        spec.check_quantity(request.quantity)
+        spec.check_notional(request.price * request.quantity)
+        return market, request.quantity
+
+    def _open_order(
+        self, account: Account, market: Market, request: NewOrder, qty: Decimal
+    ) -> Placement:
+        """Dynamic checks (state-dependent), reservation, then immediate execution if crossing."""
+        spec = market.spec
+        kind = request.type
+        client_order_id = request.client_order_id or generate_client_order_id()
+        if any(
+            o.account == account.api_key and o.client_order_id == client_order_id
+            for o in self._open.values()
+        ):
+            raise errors.duplicate_order()
+        price = request.price if request.price is not None else ZERO
+        stop_price = request.stop_price if request.stop_price is not None else ZERO
+        if kind in STOP_TYPES and _triggers(kind, request.side, stop_price, market.last):
+            raise errors.would_trigger_immediately()
+        crossing = kind is OrderType.MARKET or (
+            kind not in STOP_TYPES and _crosses(request.side, price, market.last)
+        )
+        if kind is OrderType.LIMIT_MAKER and crossing:
+            raise errors.would_take()
+
+        if request.side is Side.BUY:
+            reserved_asset = spec.quote
+            reserved = qty * (market.last if kind is OrderType.MARKET else price)
+        else:
+            reserved_asset = spec.base
+            reserved = qty
+        balance = account.balance(reserved_asset)
+        if balance.free < reserved:
+            raise errors.insufficient_balance()
+
+        now = self.now()
+        seq = self._next_seq()
+        order = Order(
+            order_id=self._next_order_id,
+            client_order_id=client_order_id,
+            account=account.api_key,
+            symbol=spec.symbol,
+            side=request.side,
+            type=kind,
+            time_in_force=request.time_in_force,
+            price=price,
+            stop_price=stop_price,
+            orig_qty=qty,
+            orig_quote_order_qty=request.quote_order_qty or ZERO,
+            time=now,
+            update_time=now,
+            working_time=-1 if kind in STOP_TYPES else now,
+            priority=seq,
+            reserved_asset=reserved_asset,
+            reserved=reserved,
+            history=[StatusChange(OrderStatus.NEW, now, seq)],
+        )
+        self._next_order_id += 1
+        balance.free -= reserved
+        balance.locked += reserved
+        self.orders[order.order_id] = order
+        self._open[order.order_id] = order
+        self._by_client_id[(account.api_key, spec.symbol, client_order_id)] = order
+
+        fills = self._take(order, market, None) if crossing else []
+        self._expire_unfilled_remainder(order)
+        return Placement(order, fills)
+
+    def _take(self, order: Order, market: Market, budget: Decimal | None) -> list[Trade]:
+        available = order.remaining
+        if market.taker_liquidity is not None:
+            available = min(available, market.taker_liquidity)
+        if budget is not None:
+            available = min(available, budget)
+        if order.time_in_force is TimeInForce.FOK and available < order.remaining:
+            return []
+        if available <= 0:
+            return []
+        return [self._fill(order, market, available, market.last, is_maker=False)]
+
+    def _expire_unfilled_remainder(self, order: Order) -> None:
+        # MARKET, IOC and FOK never rest: whatever did not fill on arrival expires.
+        if not order.is_working:
+            return
+        if order.type is OrderType.MARKET or order.time_in_force in (
+            TimeInForce.IOC,
+            TimeInForce.FOK,
+        ):
+            self._finish(order, OrderStatus.EXPIRED)
+
+    def _fill(
+        self, order: Order, market: Market, qty: Decimal, price: Decimal, *, is_maker: bool
+    ) -> Trade:
+        spec = market.spec
+        account = self.accounts[order.account]
+        base = account.balance(spec.base)
+        quote = account.balance(spec.quote)
+        quote_qty = price * qty
+        if order.side is Side.BUY:
+            # Funds were reserved at the limit price; a better fill hands the difference back.
+            unit_reserved = order.price if order.type is not OrderType.MARKET else price
+            release = qty * unit_reserved
+            quote.locked -= release
+            order.reserved -= release
+            quote.free += release - quote_qty
+            self.counterparty[spec.quote] += quote_qty
+            commission = (qty * self.fee_rate).quantize(COMMISSION_QUANTUM, ROUND_HALF_UP)
+            commission_asset = spec.base
+            base.free += qty - commission
+            self.counterparty[spec.base] -= qty
+        else:
+            base.locked -= qty
+            order.reserved -= qty
+            self.counterparty[spec.base] += qty
+            commission = (quote_qty * self.fee_rate).quantize(COMMISSION_QUANTUM, ROUND_HALF_UP)
+            commission_asset = spec.quote
+            quote.free += quote_qty - commission
+            self.counterparty[spec.quote] -= quote_qty
+        self.fees_collected[commission_asset] += commission
+
+        now = self.now()
+        trade = Trade(
+            trade_id=self._next_trade_id,
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            account=order.account,
+            symbol=order.symbol,
+            side=order.side,
+            price=price,
+            qty=qty,
+            quote_qty=quote_qty,
+            commission=commission,
+            commission_asset=commission_asset,
+            time=now,
+            is_maker=is_maker,
+        )
+        self._next_trade_id += 1
+        self.trades.append(trade)
+        order.trade_ids.append(trade.trade_id)
+        order.executed_qty += qty
+        order.cummulative_quote_qty += quote_qty
+        order.update_time = now
+        if order.remaining == 0:
+            self._finish(order, OrderStatus.FILLED)
+        else:
+            self._set_status(order, OrderStatus.PARTIALLY_FILLED)
+        return trade
+
+    def _finish(self, order: Order, status: OrderStatus) -> None:
+        self._set_status(order, status)
+        self._open.pop(order.order_id, None)
+        if order.reserved:
+            balance = self.accounts[order.account].balance(order.reserved_asset)
+            balance.locked -= order.reserved
+            balance.free += order.reserved
+            order.reserved = ZERO
+
+    def _set_status(self, order: Order, status: OrderStatus) -> None:
+        if order.status is status:
+            return
+        now = self.now()
+        order.status = status
+        order.update_time = now
+        order.history.append(StatusChange(status, now, self._next_seq()))
+
+    def _find(
+        self, api_key: str, symbol: str, order_id: int | None, client_order_id: str | None
+    ) -> Order | None:
+        if order_id is None and client_order_id is None:
+            raise errors.either_id_mandatory()
+        if order_id is not None:
+            order = self.orders.get(order_id)
+            if order is None or order.account != api_key or order.symbol != symbol:
+                return None
+            # With both ids Binance looks up by orderId and then insists the client id agrees.
+            if client_order_id is not None and order.client_order_id != client_order_id:
+                return None
+            return order
+        assert client_order_id is not None
+        return self._by_client_id.get((api_key, symbol, client_order_id))
+
+
+def _crosses(side: Side, limit: Decimal, last: Decimal) -> bool:
+    return limit >= last if side is Side.BUY else limit <= last
+
+
+def _triggers(kind: OrderType, side: Side, stop_price: Decimal, last: Decimal) -> bool:
+    # Stop-loss buys and take-profit sells fire on a rise; the other two on a fall.
+    rising = (kind is OrderType.STOP_LOSS_LIMIT) == (side is Side.BUY)
+    return last >= stop_price if rising else last <= stop_price
+
+
+def _stop_triggered(order: Order, last: Decimal) -> bool:
+    return order.type in STOP_TYPES and _triggers(order.type, order.side, order.stop_price, last)

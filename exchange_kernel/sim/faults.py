@@ -1,0 +1,149 @@
+"""Fault injection in front of the exchange API (`/api/v3/*` only).
+
+Rate limits and 5xx answers are decided *before* the request reaches the engine, so nothing is
+committed. `drop_response` is decided after the engine committed an order mutation and then
+hangs up without answering: the client sees a network error while the order exists. That is
+the case an idempotent order workflow has to survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from exchange_kernel.sim import errors
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+GUARDED_PREFIX = "/api/v3/"
+ORDER_MUTATIONS = frozenset(
+    {
+        ("POST", "/api/v3/order"),
+        ("DELETE", "/api/v3/order"),
+        ("POST", "/api/v3/order/cancelReplace"),
+        ("DELETE", "/api/v3/openOrders"),
+    }
+)
+FAULT_KEY = web.RequestKey("sim_fault", str)
+
+
+@dataclass
+class FaultConfig:
+    """Probabilities are per request in [0, 1]; everything off by default."""
+
+    error_500: float = 0.0
+    error_503: float = 0.0
+    rate_limit_429: float = 0.0
+    retry_after: int = 1
+    drop_response: float = 0.0
+    latency_ms: tuple[int, int] = (0, 0)
+    seed: int | None = None
+    # Restrict faults to these "METHOD /path" endpoints; None = every /api/v3 endpoint.
+    endpoints: list[str] | None = None
+    # Stop injecting after this many faults (latency is not a fault); None = no limit.
+    max_faults: int | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> FaultConfig:
+        unknown = set(body) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown fault settings: {sorted(unknown)}")
+        config = cls(**{k: v for k, v in body.items() if k != "latency_ms"})
+        if "latency_ms" in body:
+            low, high = body["latency_ms"]
+            config.latency_ms = (int(low), int(high))
+        for name in ("error_500", "error_503", "rate_limit_429", "drop_response"):
+            value = float(getattr(config, name))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1]")
+            setattr(config, name, value)
+        low, high = config.latency_ms
+        if low < 0 or high < low:
+            raise ValueError("latency_ms must be [min, max] with 0 <= min <= max")
+        if config.retry_after < 0:
+            raise ValueError("retry_after must not be negative")
+        if config.endpoints is not None:
+            config.endpoints = [str(e) for e in config.endpoints]
+        return config
+
+
+@dataclass
+class FaultInjector:
+    config: FaultConfig = field(default_factory=FaultConfig)
+    injected: dict[str, int] = field(default_factory=dict)
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def configure(self, config: FaultConfig) -> None:
+        self.config = config
+        self.injected = {}
+        self._rng = random.Random(config.seed)
+
+    def reset(self) -> None:
+        self.configure(FaultConfig())
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self.config)
+        body["latency_ms"] = list(self.config.latency_ms)
+        body["injected"] = dict(self.injected)
+        return body
+
+    def _applies(self, method: str, path: str) -> bool:
+        if not path.startswith(GUARDED_PREFIX):
+            return False
+        endpoints = self.config.endpoints
+        return endpoints is None or f"{method} {path}" in endpoints
+
+    def _draw(self, probability: float) -> bool:
+        # Always draw, so a seeded run makes the same decisions whatever the probabilities hit.
+        return self._rng.random() < probability
+
+    def _take_allowance(self, name: str) -> bool:
+        limit = self.config.max_faults
+        if limit is not None and sum(self.injected.values()) >= limit:
+            return False
+        self.injected[name] = self.injected.get(name, 0) + 1
+        return True
+
+    def _roll(self, name: str, probability: float) -> bool:
+        return self._draw(probability) and self._take_allowance(name)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not self._applies(request.method, request.path):
+            return await handler(request)
+        config = self.config
+        low, high = config.latency_ms
+        if high > 0:
+            await asyncio.sleep(self._rng.uniform(low, high) / 1000)
+        if self._roll("rate_limit_429", config.rate_limit_429):
+            request[FAULT_KEY] = "rate_limit_429"
+            error = errors.too_many_requests()
+            return web.json_response(
+                error.body(), status=429, headers={"Retry-After": str(config.retry_after)}
+            )
+        # Non-JSON bodies, like the load balancer in front of Binance sends: ccxt then maps on
+        # the HTTP status alone (ExchangeNotAvailable) instead of a Binance error code.
+        if self._roll("error_503", config.error_503):
+            request[FAULT_KEY] = "error_503"
+            return web.Response(status=503, text="Service Unavailable")
+        if self._roll("error_500", config.error_500):
+            request[FAULT_KEY] = "error_500"
+            return web.Response(status=500, text="Internal Server Error")
+        mutation = (request.method, request.path) in ORDER_MUTATIONS
+        drop = mutation and self._draw(config.drop_response)
+        response = await handler(request)
+        # Only a committed mutation is worth losing the answer to; a rejection changed nothing.
+        if (
+            drop
+            and response.status < 400
+            and request.transport is not None
+            and self._take_allowance("drop_response")
+        ):
+            request[FAULT_KEY] = "drop_response"
+            request.transport.abort()
+        return response

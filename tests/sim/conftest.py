@@ -1,0 +1,64 @@
+"""A fresh sim per test, the real ccxt binance client on it, and its admin API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ccxt.async_support as ccxt_async
+import pytest
+
+from exchange_kernel.sim import (
+    DEMO_API_KEY,
+    DEMO_SECRET,
+    SimServer,
+    binance_client,
+    running_sim,
+)
+from exchange_kernel.sim.admin_client import AdminClient
+
+SECOND_KEY = "second-key"
+SECOND_SECRET = "second-secret"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimServer]:
+    async with running_sim(port=0, accounts=[f"{SECOND_KEY}:{SECOND_SECRET}"]) as server:
+        yield server
+
+
+@pytest.fixture
+def second_account() -> tuple[str, str]:
+    return SECOND_KEY, SECOND_SECRET
+
+
+@pytest.fixture
+async def admin(sim: SimServer) -> AsyncIterator[AdminClient]:
+    async with AdminClient(sim.base_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def make_client(sim: SimServer) -> AsyncIterator[Any]:
+    """Factory for extra ccxt clients (other keys, wrong secrets); all closed at teardown."""
+    clients: list[ccxt_async.binance] = []
+
+    def make(
+        api_key: str = DEMO_API_KEY, secret: str = DEMO_SECRET, **config: Any
+    ) -> ccxt_async.binance:
+        # ccxt sleeps 250 ms in close() to let TLS transports wind down; loopback has none.
+        config.setdefault("timeout_on_exit", 0)
+        client = binance_client(sim.base_url, api_key, secret, **config)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def client(make_client: Any) -> ccxt_async.binance:
+    exchange = make_client()
+    await exchange.load_markets()
+    return exchange
