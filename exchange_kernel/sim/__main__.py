@@ -18,6 +18,13 @@ def _fee(value: str) -> Decimal:
     return fee
 
 
+def _account(value: str) -> str:
+    key, sep, secret = value.partition(":")
+    if not (key and sep and secret):
+        raise argparse.ArgumentTypeError(f"expected KEY:SECRET, got {value!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m exchange_kernel.sim",
@@ -28,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--account",
         action="append",
+        type=_account,
         default=[],
         metavar="KEY:SECRET",
         help="extra account (repeatable); the demo account is always present",

@@ -32,9 +32,9 @@ from typing import Any
 
 from aiohttp import web
 
-from exchange_kernel.sim.engine import Order, Trade
 from exchange_kernel.sim.errors import BinanceError
 from exchange_kernel.sim.faults import FaultConfig
+from exchange_kernel.sim.model import Order, Trade
 from exchange_kernel.sim.state import STATE
 
 routes = web.RouteTableDef()

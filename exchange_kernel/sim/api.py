@@ -11,9 +11,9 @@ from aiohttp import web
 
 from exchange_kernel.sim import errors, params, wire
 from exchange_kernel.sim.auth import authenticate, request_params
-from exchange_kernel.sim.engine import Account, CancelReplaceMode, generate_client_order_id
 from exchange_kernel.sim.errors import BinanceError
 from exchange_kernel.sim.faults import FAULT_KEY
+from exchange_kernel.sim.model import Account, CancelReplaceMode, generate_client_order_id
 from exchange_kernel.sim.state import STATE, SimState
 
 log = logging.getLogger(__name__)

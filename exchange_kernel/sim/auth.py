@@ -8,7 +8,8 @@ import re
 from urllib.parse import parse_qsl, unquote
 
 from exchange_kernel.sim import errors
-from exchange_kernel.sim.engine import Account, Exchange
+from exchange_kernel.sim.engine import Exchange
+from exchange_kernel.sim.model import Account
 
 DEFAULT_RECV_WINDOW = 5000
 MAX_RECV_WINDOW = 60000

@@ -21,8 +21,6 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from exchange_kernel.sim import errors
 from exchange_kernel.sim.errors import BinanceError
-
-# The vocabulary lives in model.py; it is re-exported here so `engine` is a one-stop import.
 from exchange_kernel.sim.model import (
     OPEN_STATUSES,
     STOP_TYPES,
@@ -46,6 +44,7 @@ from exchange_kernel.sim.model import (
 )
 from exchange_kernel.sim.symbols import DEFAULT_BALANCES, DEFAULT_SYMBOLS, SymbolSpec
 
+# The vocabulary lives in model.py; re-exported so `engine` stays a one-stop import.
 __all__ = [
     "OPEN_STATUSES",
     "STOP_TYPES",
@@ -67,6 +66,7 @@ __all__ = [
     "Trade",
     "generate_client_order_id",
 ]
+
 COMMISSION_QUANTUM = Decimal("0.00000001")
 DAY_MS = 86_400_000
 
@@ -205,6 +205,8 @@ class Exchange:
     # ------------------------------------------------------------------ orders
 
     def place_order(self, api_key: str, request: NewOrder) -> Placement:
+        """Accept a new order. Every order the exchange ever creates comes through here
+        (cancelReplace included), so wrapping this method observes all of them."""
         account = self._account(api_key)
         market, qty = self._validate(request)
         return self._open_order(account, market, request, qty)
@@ -301,7 +303,7 @@ class Exchange:
             raise errors.either_id_mandatory("cancelOrderId", "cancelOrigClientOrderId")
         # A malformed replacement is rejected before anything is canceled, so the caller keeps
         # the resting order; only failures that depend on state happen after the cancel.
-        market, qty = self._validate(request)
+        self._validate(request)
         canceled: Order | None = None
         cancel_error: BinanceError | None = None
         try:
@@ -313,7 +315,7 @@ class Exchange:
         if cancel_error is not None and mode is CancelReplaceMode.STOP_ON_FAILURE:
             return CancelReplace("FAILURE", "NOT_ATTEMPTED", cancel_error=cancel_error)
         try:
-            placement = self._open_order(account, market, request, qty)
+            placement = self.place_order(account.api_key, request)
         except BinanceError as exc:
             return CancelReplace(
                 "SUCCESS" if canceled else "FAILURE",

@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from exchange_kernel.sim import errors
-from exchange_kernel.sim.engine import NewOrder, OrderType, Side, TimeInForce
+from exchange_kernel.sim.model import NewOrder, OrderType, Side, TimeInForce
 
 _DECIMAL = re.compile(errors.DECIMAL_PATTERN)
 _INT = re.compile(errors.INTEGER_PATTERN)

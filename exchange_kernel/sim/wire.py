@@ -10,7 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from exchange_kernel.sim.engine import Account, Exchange, Order, OrderType, Trade
+from exchange_kernel.sim.engine import Exchange
+from exchange_kernel.sim.model import Account, Order, OrderType, Trade
 from exchange_kernel.sim.symbols import ORDER_TYPES, SymbolSpec
 
 

@@ -401,3 +401,20 @@ async def test_test_orders_are_validated_but_never_placed(
         await client.create_order(BTC, "limit", "buy", 0.0001, 29000, {"test": True})
     assert await admin.orders() == []
     assert (await admin.requests())["counts"]["POST /api/v3/order/test"] == 2
+
+
+async def test_edit_order_by_client_order_id_can_keep_that_id(client: ccxt_async.binance) -> None:
+    await client.create_order(BTC, "limit", "buy", 0.01, 29000, {"clientOrderId": "amend-me"})
+    edited = await client.edit_order(
+        None,
+        BTC,
+        "limit",
+        "buy",
+        0.02,
+        28800,
+        {"cancelOrigClientOrderId": "amend-me", "clientOrderId": "amend-me"},
+    )
+    assert edited["clientOrderId"] == "amend-me"
+    current = await client.fetch_order(None, BTC, {"clientOrderId": "amend-me"})
+    assert (current["id"], current["price"], current["status"]) == (edited["id"], 28800, "open")
+    assert len(await client.fetch_open_orders(BTC)) == 1

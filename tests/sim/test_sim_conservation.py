@@ -188,7 +188,7 @@ def _check_invariants(exchange: Exchange, initial: dict[str, Decimal]) -> None:
     assert fees == exchange.fees_collected
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=operations, fee_bps=st.sampled_from([0, 1, 10, 75]))
 def test_no_asset_is_created_or_destroyed(ops: list[object], fee_bps: int) -> None:
     ticks = iter(range(1_700_000_000_000, 1_800_000_000_000, 7))

@@ -271,3 +271,22 @@ def test_unknown_symbol_and_account() -> None:
     with pytest.raises(BinanceError) as raised:
         exchange.place_order("nobody", _limit(Side.BUY, "1", "1"))
     assert raised.value.code == -2015
+
+
+def test_every_new_order_goes_through_place_order() -> None:
+    # Observers (the placement bench) wrap place_order; cancelReplace must not bypass it.
+    exchange = _exchange()
+    seen: list[str] = []
+    original = exchange.place_order
+
+    def observed(api_key: str, request: NewOrder) -> Any:
+        placement = original(api_key, request)
+        seen.append(placement.order.client_order_id)
+        return placement
+
+    exchange.place_order = observed  # type: ignore[method-assign]
+    exchange.place_order("a", _limit(Side.BUY, "0.01", "29000", client_order_id="one"))
+    exchange.cancel_replace(
+        "a", _limit(Side.BUY, "0.01", "28000", client_order_id="two"), cancel_client_order_id="one"
+    )
+    assert seen == ["one", "two"]
