@@ -41,5 +41,11 @@ histories: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/placement.py
 
+# The full chaos run (docs/reliability.md): real dev server, worker process and paper exchange
+# under worker kills, server restarts and exchange faults; non-zero exit on any violation.
+# `make test` runs a bounded one (tests/chaos/test_chaos.py).
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.driver --intents 300 --duration 180 --seed 1
+
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .ruff_cache .hypothesis

@@ -6,13 +6,15 @@ own environment, so no key or secret enters a workflow input, signal, memo, resu
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import ccxt.async_support as ccxt_async
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from exchange_kernel.models import ID_RE, Value
 
@@ -32,12 +34,22 @@ class AccountConfig(Value):
         default=None, description="the paper exchange's address; only for exchange = binance"
     )
     sandbox: bool = False
+    # Modify with the exchange's one-call edit (ccxt editOrder; Binance cancelReplace) instead
+    # of cancel, confirm, place. Opt-in: the replacement is sized from the fills seen before
+    # the call, so fills landing in between can overfill (docs/reliability.md).
+    native_amend: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    client_id_lookup: bool | None = Field(
+        default=None,
+        description="the exchange's ccxt fetchOrder and cancelOrder work with params "
+        "{'clientOrderId': ...} and no order id: default from CLIENT_ID_LOOKUP; set true only "
+        "after checking ccxt's code for that exchange",
+    )
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not ID_RE.match(value):
+        if not ID_RE.fullmatch(value):
             raise ValueError(f"account name {value!r}: letters, digits and . _ : - only")
         return value
 
@@ -112,8 +124,132 @@ class ExchangePool:
         self._clients.clear()
 
 
+#: The unified calls the kernel needs from every exchange (ccxt `has` flags).
+REQUIRED_CAPABILITIES = ("createOrder", "cancelOrder", "fetchOrder")
+
+#: Exchanges whose ccxt `fetchOrder` and `cancelOrder` accept `params={"clientOrderId": id}`
+#: with no exchange order id, as the activities call them. ccxt has no `has` flag for this, so
+#: it was read off ccxt 4.5's source, exchange by exchange. Idempotent placement depends on it:
+#: a retried placement looks its client order id up before it creates anything.
+#: Certified exchanges that are *not* here, and why (ccxt 4.5): bingx, bybit and cryptocom look
+#: orders up by exchange id only; gate's cancelOrder needs the id (its fetchOrder would do).
+CLIENT_ID_LOOKUP = frozenset(
+    {
+        "binance",
+        "binanceusdm",
+        "binancecoinm",
+        "bitget",
+        "hashkey",
+        "hyperliquid",
+        "kucoin",
+        "kucoinfutures",
+        "mexc",  # spot; its contract API looks up by exchange id
+        "okx",
+        "phemex",
+        "woofipro",
+    }
+)
+
+
+def capability_client(config: AccountConfig) -> Any:
+    """A ccxt client built only to read `has`, `rateLimit` and urls: no credentials, no I/O.
+
+    The synchronous class: `has` is the same as the async one's, and nothing needs closing.
+    The account's `options` apply, so a `has` override there counts.
+    """
+    import ccxt
+
+    settings = dict(config.options)
+    if config.base_url is not None:
+        return ccxt.binance(settings)
+    client = getattr(ccxt, config.exchange)(settings)
+    if config.sandbox:
+        client.set_sandbox_mode(True)
+    return client
+
+
+def capabilities(config: AccountConfig) -> dict[str, bool]:
+    """What the account's exchange can do, as far as the kernel cares (no network)."""
+    has = capability_client(config).has
+    found = {name: bool(has.get(name)) for name in (*REQUIRED_CAPABILITIES, "editOrder")}
+    found["clientOrderIdLookup"] = client_id_lookup(config)
+    return found
+
+
+def client_id_lookup(config: AccountConfig) -> bool:
+    if config.client_id_lookup is not None:
+        return config.client_id_lookup
+    return config.base_url is not None or config.exchange in CLIENT_ID_LOOKUP
+
+
+def check_capabilities(config: AccountConfig) -> list[str]:
+    """Why the kernel cannot trade this account: one message per missing capability.
+
+    An empty list means it can. A missing `editOrder` is not a problem: amendments then
+    cancel, confirm and place (`MarketRules.native_amend` follows `has['editOrder']`).
+    """
+    found = capabilities(config)
+    problems = [
+        f"account {config.name!r}: ccxt's {config.exchange} has no {name} (has['{name}'] is "
+        "false); the kernel needs it"
+        for name in REQUIRED_CAPABILITIES
+        if not found[name]
+    ]
+    if found["fetchOrder"] and not found["clientOrderIdLookup"]:
+        problems.append(
+            f"account {config.name!r}: ccxt's {config.exchange} is not known to fetch and cancel "
+            "orders by client order id (fetchOrder/cancelOrder with params.clientOrderId), "
+            "which idempotent placement needs. Known: "
+            f"{', '.join(sorted(CLIENT_ID_LOOKUP))}. If you have checked that ccxt's "
+            f"{config.exchange} does it, set client_id_lookup = true for the account."
+        )
+    return problems
+
+
+def ensure_capabilities(accounts: dict[str, AccountConfig]) -> None:
+    """Refuse (AccountConfigError) accounts the kernel cannot trade safely; all named at once."""
+    problems = [problem for config in accounts.values() for problem in check_capabilities(config)]
+    if problems:
+        raise AccountConfigError("; ".join(problems))
+
+
 def build_client(config: AccountConfig) -> ccxt_async.Exchange:
     api_key, secret = config.credentials()
+    redact_in_logs(api_key, secret)
+    return _make_client(config, api_key, secret)
+
+
+class SecretRedactor(logging.Filter):
+    """Blanks credentials out of log records: ccxt logs each request's headers (the API key
+    among them) at DEBUG on its own logger."""
+
+    def __init__(self) -> None:
+        super().__init__("exchange_kernel.redact")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for secret in self.secrets:
+            redacted = redacted.replace(secret, "[redacted]")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+REDACTOR = SecretRedactor()
+CCXT_LOGGERS = ("ccxt", "ccxt.base.exchange", "ccxt.async_support.base.exchange")
+
+
+def redact_in_logs(*secrets: str) -> None:
+    REDACTOR.secrets.update(s for s in secrets if s)
+    for name in CCXT_LOGGERS:
+        logger = logging.getLogger(name)
+        if REDACTOR not in logger.filters:
+            logger.addFilter(REDACTOR)
+
+
+def _make_client(config: AccountConfig, api_key: str, secret: str) -> ccxt_async.Exchange:
     if config.base_url is not None:
         if config.exchange != "binance":
             raise AccountConfigError(
@@ -129,3 +265,88 @@ def build_client(config: AccountConfig) -> ccxt_async.Exchange:
     if config.sandbox:
         client.set_sandbox_mode(True)
     return client
+
+
+# --- `exchange-kernel accounts check` ----------------------------------------------------------
+
+
+class AccountCheck(BaseModel):
+    """What `accounts check` found out about one account (network: markets and balance)."""
+
+    name: str
+    exchange: str
+    reachable: bool
+    authenticated: bool | None  # None: could not tell (unreachable, or no credentials to try)
+    capabilities: dict[str, bool]
+    rate_limit_ms: float | None
+    problems: list[str]
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.authenticated is True and not self.problems
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def check_account(config: AccountConfig) -> AccountCheck:
+    """Load the markets (reachable?) and the balance (authenticated?) of one account.
+
+    Never raises for what the exchange answers: every failure becomes part of the report.
+    The secret never appears in it (ccxt's messages carry the exchange's answer, not the key).
+    """
+    import ccxt
+
+    capabilities_found = capabilities(config)
+    problems = check_capabilities(config)
+    notes: list[str] = []
+    try:
+        api_key, secret = config.credentials()
+        have_credentials = True
+    except AccountConfigError as exc:
+        api_key, secret, have_credentials = "", "", False
+        notes.append(str(exc))
+    reachable = False
+    authenticated: bool | None = None
+    client = _make_client(config, api_key, secret)
+    rate_limit = getattr(client, "rateLimit", None)
+    try:
+        try:
+            await client.load_markets()
+            reachable = True
+        except ccxt.AuthenticationError as exc:  # some exchanges sign their market calls
+            reachable, authenticated = True, False
+            notes.append(_short(exc))
+        except Exception as exc:
+            notes.append(f"markets: {_short(exc)}")
+        if reachable and authenticated is None and have_credentials:
+            try:
+                await client.fetch_balance()
+                authenticated = True
+            except (ccxt.AuthenticationError, ccxt.PermissionDenied, ccxt.AccountSuspended) as exc:
+                authenticated = False
+                notes.append(f"balance: {_short(exc)}")
+            except Exception as exc:
+                notes.append(f"balance: {_short(exc)}")
+    finally:
+        await client.close()
+    return AccountCheck(
+        name=config.name,
+        exchange=config.exchange
+        + (" (sandbox)" if config.sandbox else "")
+        + (" (paper)" if config.base_url else ""),
+        reachable=reachable,
+        authenticated=authenticated,
+        capabilities=capabilities_found,
+        rate_limit_ms=float(rate_limit) if rate_limit is not None else None,
+        problems=problems,
+        detail="; ".join(notes),
+    )
+
+
+async def check_accounts(accounts: dict[str, AccountConfig]) -> list[AccountCheck]:
+    """`check_account` for every account, concurrently, in the file's order."""
+    return list(await asyncio.gather(*(check_account(c) for c in accounts.values())))

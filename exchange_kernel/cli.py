@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import uuid
@@ -14,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from exchange_kernel.accounts import AccountConfigError, load_accounts
@@ -24,15 +26,28 @@ from exchange_kernel.client import (
     IntentNotFound,
     IntentRejected,
 )
-from exchange_kernel.connection import TASK_QUEUE, TemporalUnreachable, connect
+from exchange_kernel.connection import TASK_QUEUE, TemporalUnreachable
 from exchange_kernel.models import (
+    ID_RE,
     ExternalCancelPolicy,
+    GroupKind,
+    GroupState,
+    IntentChange,
+    IntentGroup,
     IntentState,
     OrderIntent,
     OrderSpec,
     OrderType,
+    Orphan,
     Side,
     TimeInForce,
+)
+from exchange_kernel.worker.metrics import (
+    DEFAULT_METRICS_URL,
+    Row,
+    Telemetry,
+    label_columns,
+    read,
 )
 
 app = typer.Typer(
@@ -54,6 +69,21 @@ NamespaceOption = Annotated[
     str | None, typer.Option("--namespace", help="Temporal namespace (default: envconfig)")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON output")]
+MetricsPortOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-port",
+        help="serve Prometheus metrics on PORT (loopback) or HOST:PORT, e.g. 9464 or 0.0.0.0:9464",
+    ),
+]
+OtelOption = Annotated[
+    bool,
+    typer.Option(
+        "--otel",
+        envvar="EXCHANGE_KERNEL_OTEL",
+        help="OpenTelemetry tracing (needs the otel extra; exporter from OTEL_* variables)",
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -129,8 +159,11 @@ def worker(
     task_queue: Annotated[str, typer.Option(help="Temporal task queue")] = TASK_QUEUE,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    metrics_port: MetricsPortOption = None,
+    otel: OtelOption = False,
 ) -> None:
     """Run a worker: the intent workflows and the exchange activities for the given accounts."""
+    from exchange_kernel.connection import connect
     from exchange_kernel.worker import run_worker
 
     try:
@@ -142,14 +175,21 @@ def worker(
             config.credentials()
         except AccountConfigError as exc:
             raise fail(str(exc), 2) from None
+    telemetry = _telemetry(metrics_port, otel)
 
     async def main() -> None:
-        client = await connect(address, namespace)
+        if telemetry.runtime is None:
+            client = (await IntentClient.connect(address, namespace)).temporal
+        else:  # the metrics endpoint serves the runtime that the client connects with
+            client = await connect(address, namespace, runtime=telemetry.runtime)
+        client = telemetry.traced(client)
         stop = _stop_on_signals()
         console.print(
             f"worker on {task_queue}, accounts: {', '.join(sorted(configured))} (Ctrl-C stops)"
         )
-        await run_worker(client, configured, task_queue, stop)
+        if telemetry.url:
+            console.print(f"metrics on {telemetry.url}")
+        await run_worker(client, configured, task_queue, stop, metrics=telemetry.metrics)
 
     run(main())
 
@@ -166,12 +206,23 @@ def dev(
     ready_file: Annotated[
         Path | None, typer.Option(help="write the addresses here once everything is up")
     ] = None,
+    metrics_port: MetricsPortOption = None,
+    otel: OtelOption = False,
 ) -> None:
     """Run everything locally: Temporal dev server + UI, the paper exchange, and a worker
     with an account named `paper` on it. Ctrl-C stops all three."""
     from exchange_kernel.dev import run_dev
 
-    run(run_dev(port, ui_port, sim_port, data_dir, task_queue, console, ready_file))
+    telemetry = _telemetry(metrics_port, otel)
+    run(run_dev(port, ui_port, sim_port, data_dir, task_queue, console, ready_file, telemetry))
+
+
+def _telemetry(metrics_port: str | None, otel: bool) -> Telemetry:
+    """The worker's metrics endpoint and tracing, refused before anything starts if unusable."""
+    try:
+        return Telemetry.configure(metrics_port, otel)
+    except (ValueError, OSError, ImportError) as exc:
+        raise fail(escape(str(exc)), 2) from None
 
 
 # --- intents -----------------------------------------------------------------------------------
@@ -247,10 +298,17 @@ def modify(
     """Change an intent's price and/or amount (validated by the intent; rejections say why)."""
     if price is None and amount is None:
         raise fail("give --price and/or --amount", 2)
+    try:
+        # Validated here, before connecting: a bad value never reaches Temporal.
+        change = IntentChange(price=price, amount=amount)
+    except ValidationError as exc:
+        raise fail(validation_message(exc), 2) from None
+    if not ID_RE.fullmatch(intent_id):
+        raise fail(f"{intent_id!r} is not a valid intent id", 2)
 
     async def main() -> IntentState:
         client = await IntentClient.connect(address, namespace)
-        return await client.modify(intent_id, price=price, amount=amount)
+        return await client.modify(intent_id, price=change.price, amount=change.amount)
 
     show_state(run(main()), as_json)
 
@@ -329,6 +387,201 @@ def list_intents(
     console.print(table)
 
 
+# --- deployment: setup, accounts check -------------------------------------------------------
+
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="envconfig profile of temporal.toml (default: TEMPORAL_PROFILE, else 'default')",
+    ),
+]
+
+
+@app.command(name="setup")
+def setup_command(
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
+    wait: Annotated[
+        float,
+        typer.Option(help="seconds to keep retrying while the server or namespace is not up yet"),
+    ] = 0.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Prepare a Temporal namespace: check it exists, register the search attributes.
+
+    Idempotent: a second run reports every attribute as already present.
+
+    Exit code 1 on a type conflict or a missing namespace (the message says what to do).
+    """
+    from exchange_kernel.setup import Outcome, SetupError, run_setup
+
+    try:
+        report = run(run_setup(address, namespace, profile, wait=wait))
+    except SetupError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        table = Table(title=f"search attributes of namespace {report.namespace} at {report.target}")
+        for column in ("attribute", "type", "result"):
+            table.add_column(column)
+        styles = {Outcome.REGISTERED: "green", Outcome.PRESENT: "dim", Outcome.CONFLICT: "red"}
+        for item in report.attributes:
+            result = item.outcome.value
+            if item.outcome is Outcome.CONFLICT:
+                result += f" (exists as {item.found})"
+            table.add_row(item.name, item.wanted, f"[{styles[item.outcome]}]{result}[/]")
+        console.print(table)
+    if not report.ok:
+        conflicts = ", ".join(report.of(Outcome.CONFLICT))
+        raise fail(
+            f"search attribute type conflict: {conflicts}. Setup changes no existing attribute; "
+            "use another namespace, or remove/rename the attribute on the server."
+        )
+
+
+accounts_app = typer.Typer(
+    help="Exchange accounts of an accounts file: check them before running a worker.",
+    no_args_is_help=True,
+)
+app.add_typer(accounts_app, name="accounts")
+
+
+_CAPABILITY_LABELS = {
+    "createOrder": "create",
+    "cancelOrder": "cancel",
+    "fetchOrder": "fetch",
+    "clientOrderIdLookup": "by-client-id",
+}
+
+
+def _capabilities_cell(found: dict[str, bool]) -> str:
+    parts = [
+        label if found[name] else f"[red]no {label}[/]"
+        for name, label in _CAPABILITY_LABELS.items()
+    ]
+    parts.append("edit" if found["editOrder"] else "[yellow]cancel-replace[/]")
+    return " ".join(parts)
+
+
+def _yes_no(value: bool | None) -> str:
+    return {True: "[green]yes[/]", False: "[red]no[/]", None: "[yellow]?[/]"}[value]
+
+
+@accounts_app.command("check")
+def accounts_check(
+    accounts: Annotated[
+        Path, typer.Option("--accounts", help="accounts TOML file (\\[accounts.NAME] tables)")
+    ] = Path("accounts.toml"),
+    as_json: JsonOption = False,
+) -> None:
+    """Load markets and balance of every account: reachable, authenticated, capabilities,
+    rate limit.
+
+    Exit code 1 if any account cannot be traded."""
+    from exchange_kernel.accounts import check_accounts
+
+    try:
+        configured = load_accounts(accounts)
+    except AccountConfigError as exc:
+        raise fail(str(exc), 2) from None
+    checks = run(check_accounts(configured))
+    if as_json:
+        print(json.dumps([check.model_dump(mode="json") for check in checks], indent=2))
+    else:
+        table = Table(title=f"accounts of {accounts}")
+        table.add_column("account", overflow="fold")
+        table.add_column("exchange", overflow="fold")
+        table.add_column("reachable")
+        table.add_column("authenticated", no_wrap=True)
+        table.add_column("capabilities")
+        table.add_column("rate limit", justify="right")
+        for check in checks:
+            table.add_row(
+                check.name,
+                check.exchange,
+                _yes_no(check.reachable),
+                "[red]not authenticated[/]"
+                if check.authenticated is False
+                else _yes_no(check.authenticated),
+                _capabilities_cell(check.capabilities),
+                "-" if check.rate_limit_ms is None else f"{check.rate_limit_ms:g} ms",
+            )
+        console.print(table)
+        for check in checks:
+            for line in [*check.problems, *([check.detail] if check.detail else [])]:
+                console.print(f"[bold]{check.name}[/]: {line}", highlight=False)
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def metrics(
+    url: Annotated[str, typer.Option(help="the worker's metrics endpoint")] = DEFAULT_METRICS_URL,
+    everything: Annotated[
+        bool, typer.Option("--all", help="also the SDK's own temporal_* series")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Summarize a worker's metrics (a worker started with --metrics-port): exchange requests,
+    errors and retries, reconciliation lag, intents by status."""
+    import aiohttp
+
+    try:
+        rows = asyncio.run(read(url, everything=everything))
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        raise fail(
+            escape(f"cannot read metrics at {url} ({exc or type(exc).__name__}). ")
+            + "Start the worker with --metrics-port 9464, or point --url at its endpoint."
+        ) from None
+    if as_json:
+        print(json.dumps({"url": url, "series": [row.as_json() for row in rows]}, indent=2))
+        return
+    if not rows:
+        console.print(f"no exchange_kernel_* series at {url} yet: no intent has run there")
+        return
+    console.print(f"metrics at {url}")
+    for table in metric_tables(rows):
+        console.print(table)
+
+
+def metric_tables(rows: list[Row]) -> list[Table]:
+    """One table per metric, a column per label; histograms as count, mean and quantiles."""
+    tables = []
+    for metric, series in itertools.groupby(rows, key=lambda row: row.metric):
+        group = list(series)
+        labels = label_columns(metric, group)
+        table = Table(
+            title=metric,
+            title_justify="left",
+            caption=group[0].help or None,
+            caption_justify="left",
+            min_width=len(metric),
+        )
+        for label in labels:
+            table.add_column(label, overflow="fold")
+        histogram = group[0].kind == "histogram"
+        for column in ("count", "mean", "p50", "p95") if histogram else ("value",):
+            table.add_column(column, justify="right")
+        for row in group:
+            cells = [row.labels.get(label, "") for label in labels]
+            if histogram:
+                cells += [_number(v) for v in (row.count, row.mean, row.p50, row.p95)]
+            else:
+                cells.append(_number(row.value))
+            table.add_row(*cells)
+        tables.append(table)
+    return tables
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}"
+
+
 def show_state(state: IntentState, as_json: bool) -> None:
     if as_json:
         print(json.dumps(state.report(), indent=2))
@@ -367,6 +620,260 @@ def state_table(state: IntentState) -> Table:
     for record in state.recent_actions[-5:]:
         table.add_row(f"{record.at:%H:%M:%S} {record.action}", record.reason)
     return table
+
+
+@app.command()
+def halt(
+    account: Annotated[str, typer.Option(help="account name")],
+    symbol: Annotated[str | None, typer.Option(help="only this market (default: all)")] = None,
+    cancel_all: Annotated[
+        bool, typer.Option("--cancel-all", help="also cancel every live intent in scope")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="recorded with the halt")] = "halted from the "
+    "command line",
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Kill switch: refuse new intents and risk-increasing changes (cancels still work).
+    Durable until `resume`."""
+
+    async def main() -> dict[str, str]:
+        client = await IntentClient.connect(address, namespace)
+        return await client.halt(account, symbol, cancel_all=cancel_all, reason=reason)
+
+    halts = run(main())
+    scope = symbol or "all symbols"
+    console.print(f"[bold red]halted[/] {account} ({scope}); now halted: {halts}")
+    if cancel_all:
+        console.print("cancelling every live intent in scope")
+
+
+@app.command()
+def resume(
+    account: Annotated[str, typer.Option(help="account name")],
+    symbol: Annotated[str | None, typer.Option(help="the market halted on its own")] = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Lift a halt set with `halt` (for the account, or for one symbol)."""
+
+    async def main() -> dict[str, str]:
+        client = await IntentClient.connect(address, namespace)
+        return await client.resume(account, symbol)
+
+    halts = run(main())
+    console.print(f"resumed {account} ({symbol or 'all symbols'}); still halted: {halts or '-'}")
+
+
+orphans_app = typer.Typer(
+    help="Exchange orders no running intent owns: list, adopt, cancel.", no_args_is_help=True
+)
+app.add_typer(orphans_app, name="orphans")
+
+
+@orphans_app.command("list")
+def orphans_list(
+    account: Annotated[str, typer.Option(help="account name")],
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", help="also scan this market (repeatable)")
+    ] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Open orders without a running intent: ours left behind ("kernel") or placed by hand
+    ("manual"). Scans the symbols the account's intents use, plus --symbol."""
+
+    async def main() -> list[Orphan]:
+        client = await IntentClient.connect(address, namespace)
+        return await client.orphans(account, tuple(symbol or ()))
+
+    found = run(main())
+    if as_json:
+        print(json.dumps([o.model_dump(mode="json") for o in found], indent=2))
+        return
+    table = Table(title=f"{len(found)} orphan order(s) on {account}")
+    for column in ("client order id", "kind", "symbol", "order", "filled", "former intent"):
+        table.add_column(column)
+    for orphan in found:
+        order = orphan.order
+        table.add_row(
+            order.client_order_id,
+            orphan.kind,
+            order.symbol,
+            f"{order.side.value} {order.amount} @ {order.price}",
+            str(order.filled),
+            orphan.intent_id or "-",
+        )
+    console.print(table)
+
+
+@orphans_app.command("adopt")
+def orphans_adopt(
+    client_order_id: Annotated[str, typer.Argument(help="the orphan's client order id")],
+    account: Annotated[str, typer.Option(help="account name")],
+    intent_id: Annotated[str | None, typer.Option("--id", help="the new intent's id")] = None,
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", help="scan this market too (repeatable)")
+    ] = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Make an orphan order an intent that manages it from now on."""
+
+    async def main() -> IntentState:
+        client = await IntentClient.connect(address, namespace)
+        for orphan in await client.orphans(account, tuple(symbol or ())):
+            if orphan.order.client_order_id == client_order_id:
+                new_id = intent_id or f"adopted-{uuid.uuid4().hex[:10]}"
+                return await client.adopt(orphan.order, account, new_id)
+        raise IntentNotFound(f"no orphan order {client_order_id!r} on {account}")
+
+    state = run(main())
+    console.print(f"adopted {client_order_id} as intent [bold]{state.intent.intent_id}[/]")
+
+
+@orphans_app.command("cancel")
+def orphans_cancel(
+    client_order_id: Annotated[str, typer.Argument(help="the orphan's client order id")],
+    account: Annotated[str, typer.Option(help="account name")],
+    symbol: Annotated[str, typer.Option(help="its market, e.g. BTC/USDT")],
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Cancel an order that no intent owns."""
+
+    async def main() -> object:
+        client = await IntentClient.connect(address, namespace)
+        return await client.cancel_orphan(account, symbol, client_order_id)
+
+    order = run(main())
+    console.print(f"{client_order_id}: {getattr(order, 'status', 'not found')}")
+
+
+group_app = typer.Typer(help="Contingent orders: OCO and bracket groups.", no_args_is_help=True)
+app.add_typer(group_app, name="group")
+
+
+@group_app.command("bracket")
+def group_bracket(
+    symbol: Annotated[str, typer.Option(help="market, e.g. BTC/USDT")],
+    side: Annotated[Side, typer.Option(help="entry side")],
+    amount: Annotated[str, typer.Option(help="entry amount")],
+    take_profit: Annotated[str, typer.Option(help="take-profit limit price")],
+    stop_loss: Annotated[str, typer.Option(help="stop-loss trigger price")],
+    price: Annotated[str | None, typer.Option(help="entry limit price (omit: market)")] = None,
+    stop_loss_limit: Annotated[
+        str | None, typer.Option(help="stop-loss limit price (default: the trigger)")
+    ] = None,
+    account: Annotated[str, typer.Option(help="account name")] = "paper",
+    group_id: Annotated[str | None, typer.Option("--id", help="group id")] = None,
+    strategy: Annotated[str | None, typer.Option(help="strategy id")] = None,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """An entry whose fills are protected by a take-profit / stop-loss pair sized to them."""
+    try:
+        group = IntentGroup(
+            group_id=group_id or f"bracket-{uuid.uuid4().hex[:10]}",
+            account=account,
+            kind=GroupKind.BRACKET,
+            strategy_id=strategy,
+            entry=OrderSpec(
+                symbol=symbol,
+                side=side,
+                type=OrderType.LIMIT if price is not None else OrderType.MARKET,
+                amount=amount,
+                price=price,
+            ),
+            take_profit=take_profit,
+            stop_loss=stop_loss,
+            stop_loss_limit=stop_loss_limit,
+        )
+    except ValidationError as exc:
+        raise fail(validation_message(exc), 2) from None
+
+    async def main() -> None:
+        client = await IntentClient.connect(address, namespace)
+        await client.submit_group(group)
+
+    run(main())
+    console.print(
+        f"bracket [bold]{group.group_id}[/]: entry {group.leg_id('entry')}, "
+        f"take profit @ {take_profit}, stop loss @ {stop_loss}"
+    )
+
+
+@group_app.command("oco")
+def group_oco(
+    file: Annotated[
+        Path, typer.Argument(help="JSON: {group_id, account, members: [OrderIntent, ...]}")
+    ],
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Submit an OCO group from a JSON file: when one member fills, the others are cancelled."""
+    try:
+        data = json.loads(file.read_text())
+        group = IntentGroup.model_validate({"kind": "oco", **data})
+    except (OSError, json.JSONDecodeError) as exc:
+        raise fail(f"{file}: {exc}", 2) from None
+    except ValidationError as exc:
+        raise fail(validation_message(exc), 2) from None
+
+    async def main() -> None:
+        client = await IntentClient.connect(address, namespace)
+        await client.submit_group(group)
+
+    run(main())
+    members = ", ".join(m.intent_id for m in group.members)
+    console.print(f"OCO [bold]{group.group_id}[/]: {members}")
+
+
+@group_app.command("status")
+def group_status(
+    group_id: Annotated[str, typer.Argument(help="group id")],
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """A group's members, what triggered it, and any overfill."""
+
+    async def main() -> GroupState:
+        client = await IntentClient.connect(address, namespace)
+        return await client.group_state(group_id)
+
+    state = run(main())
+    if as_json:
+        print(state.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{state.group.kind.value} group {group_id}")
+    for column in ("member", "status", "filled"):
+        table.add_column(column)
+    for member in state.members.values():
+        table.add_row(member.intent_id, member.status.value, str(member.filled))
+    console.print(table)
+    console.print(f"triggered by: {state.triggered_by or '-'}   finished: {state.finished}")
+    if state.overfill:
+        console.print(f"[bold red]overfill[/]: {state.overfill}")
+
+
+@group_app.command("cancel")
+def group_cancel(
+    group_id: Annotated[str, typer.Argument(help="group id")],
+    reason: Annotated[str, typer.Option(help="recorded in the history")] = "cancelled from "
+    "the command line",
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Cancel every live member of a group (fills are kept)."""
+
+    async def main() -> None:
+        client = await IntentClient.connect(address, namespace)
+        await client.cancel_group(group_id, reason)
+
+    run(main())
+    console.print(f"cancelling group {group_id}")
 
 
 def _stop_on_signals() -> asyncio.Event:

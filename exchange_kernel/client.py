@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
@@ -24,28 +25,44 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from exchange_kernel.connection import TASK_QUEUE, connect
+from exchange_kernel.connection import TASK_QUEUE, TemporalUnreachable, connect
 from exchange_kernel.devserver import (
+    EXCHANGE_ORDER_IDS,
     INTENT_ACCOUNT,
     INTENT_GROUP,
     INTENT_STATUS,
     INTENT_SYMBOL,
     RECONCILIATION_STATUS,
     STRATEGY_ID,
+    intent_search_attributes,
 )
 from exchange_kernel.models import (
+    CLIENT_ORDER_ID_PREFIX,
     ID_RE,
     ExchangeOrder,
+    GroupState,
+    HaltRequest,
     IntentChange,
+    IntentGroup,
     IntentStart,
     IntentState,
     IntentStatus,
     OrderIntent,
-    ReconciliationStatus,
+    OrderLookup,
+    OrderSpec,
+    OrderType,
+    Orphan,
+    Placement,
     Value,
+    account_sync_id,
+    group_workflow_id,
     workflow_id_for,
 )
+from exchange_kernel.reconcile import increases_risk
+from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
+
+ORPHAN_GRACE = timedelta(seconds=10)
 
 
 class AlreadyExistsError(Exception):
@@ -86,22 +103,27 @@ class IntentClient:
         namespace: str | None = None,
         task_queue: str = TASK_QUEUE,
     ) -> IntentClient:
-        return cls(await connect(address, namespace), task_queue)
+        try:
+            client = await connect(address, namespace)
+        except ValueError as exc:
+            # temporalio refuses a malformed target ("invalid port number") without naming it.
+            raise TemporalUnreachable(
+                f"invalid Temporal server address {address!r} ({exc}): expected host:port"
+            ) from None
+        return cls(client, task_queue)
 
     # --- submitting ----------------------------------------------------------------------------
 
-    async def submit(self, intent: OrderIntent) -> IntentState:
-        """Start the intent's workflow; idempotent for the same id and the same spec."""
-        attributes = [
-            SearchAttributePair(INTENT_ACCOUNT, intent.account),
-            SearchAttributePair(INTENT_SYMBOL, intent.order.symbol),
-            SearchAttributePair(INTENT_STATUS, IntentStatus.PENDING.value),
-            SearchAttributePair(RECONCILIATION_STATUS, ReconciliationStatus.RECONCILING.value),
-        ]
-        if intent.group_id:
-            attributes.append(SearchAttributePair(INTENT_GROUP, intent.group_id))
-        if intent.strategy_id:
-            attributes.append(SearchAttributePair(STRATEGY_ID, intent.strategy_id))
+    async def submit(self, intent: OrderIntent | Mapping[str, Any]) -> IntentState:
+        """Start the intent's workflow; idempotent for the same id and the same spec.
+
+        The intent is validated again as the worker will decode it, so one built with
+        `model_construct` or `model_copy(update=...)` (which skip validation) is refused here
+        (pydantic's ValidationError, naming the field) instead of starting a workflow that
+        cannot decode its input.
+        """
+        intent = _validated(intent)
+        await self._refuse_if_halted(intent.account, intent.order.symbol, "new intents")
         summary = intent.summary()
         try:
             await self.temporal.start_workflow(
@@ -111,7 +133,7 @@ class IntentClient:
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=TypedSearchAttributes(attributes),
+                search_attributes=intent_search_attributes(intent),
                 memo={"summary": summary},
                 static_summary=f"{intent.account}: {summary}",
             )
@@ -125,6 +147,57 @@ class IntentClient:
             return existing
         return IntentState(intent=intent, desired=intent.order)
 
+    async def submit_group(self, group: IntentGroup) -> GroupState:
+        """Start an OCO or bracket group; its members become ordinary intents."""
+        summary = f"{group.kind.value} group {group.group_id}"
+        pairs = [
+            SearchAttributePair(INTENT_ACCOUNT, group.account),
+            SearchAttributePair(INTENT_GROUP, group.group_id),
+        ]
+        if group.strategy_id:
+            pairs.append(SearchAttributePair(STRATEGY_ID, group.strategy_id))
+        try:
+            await self.temporal.start_workflow(
+                IntentGroupWorkflow.run,
+                group,
+                id=group_workflow_id(group.group_id),
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=TypedSearchAttributes(pairs),
+                memo={"summary": summary},
+                static_summary=summary,
+            )
+        except WorkflowAlreadyStartedError:
+            existing = await self.group_state(group.group_id)
+            if existing.group != group:
+                raise AlreadyExistsError(
+                    f"group {group.group_id!r} already exists with other members"
+                ) from None
+            return existing
+        return GroupState(group=group)
+
+    async def group_state(self, group_id: str) -> GroupState:
+        handle = self.temporal.get_workflow_handle(group_workflow_id(group_id))
+        try:
+            return await handle.query("state", result_type=GroupState)
+        except RPCError as exc:
+            raise self._not_found(group_id, exc) from None
+
+    async def cancel_group(self, group_id: str, reason: str = "cancelled by user") -> None:
+        """Cancel every live member of the group (fills are kept)."""
+        handle = self.temporal.get_workflow_handle(group_workflow_id(group_id))
+        try:
+            await handle.signal("cancel", reason)
+        except RPCError as exc:
+            raise self._not_found(group_id, exc) from None
+
+    async def group_result(self, group_id: str) -> GroupState:
+        handle = self.temporal.get_workflow_handle(
+            group_workflow_id(group_id), result_type=GroupState
+        )
+        return await handle.result()
+
     # --- changing ------------------------------------------------------------------------------
 
     async def modify(
@@ -136,6 +209,7 @@ class IntentClient:
     ) -> IntentState:
         """Change price and/or amount; returns the new state or raises IntentRejected."""
         change = IntentChange(price=price, amount=amount)
+        await self._refuse_risk_if_halted(intent_id, change)
         return await self._update(intent_id, "modify", change)
 
     async def cancel(self, intent_id: str, reason: str = "cancelled by user") -> IntentState:
@@ -150,6 +224,7 @@ class IntentClient:
     ) -> None:
         """Fire and forget: a rejected change only shows in the intent's recent actions."""
         change = IntentChange(price=price, amount=amount)
+        await self._refuse_risk_if_halted(intent_id, change)
         await self._signal(intent_id, "modify", change)
 
     async def signal_cancel(self, intent_id: str, reason: str = "cancelled by user") -> None:
@@ -164,6 +239,177 @@ class IntentClient:
             await self._signal(intent_id, "resync", None)
         except IntentRejected:
             pass
+
+    # --- orphans -------------------------------------------------------------------------------
+
+    async def orphans(self, account: str, symbols: tuple[str, ...] = ()) -> list[Orphan]:
+        """Open orders of the account that no running intent owns: ours left by a finished or
+        crashed predecessor ("kernel"), or placed by hand ("manual")."""
+        handle = self.temporal.get_workflow_handle(account_sync_id(account))
+        try:
+            candidates = await handle.execute_update(
+                "scan", tuple(symbols), result_type=tuple[ExchangeOrder, ...]
+            )
+        except RPCError as exc:
+            raise self._no_sync(account, exc) from None
+        owned: set[str] = set()
+        running = "WorkflowType = 'OrderIntent' AND ExecutionStatus = 'Running'"
+        async for execution in self.temporal.list_workflows(running):
+            owned.update(execution.typed_search_attributes.get(EXCHANGE_ORDER_IDS) or ())
+        # An order placed a moment ago may not be in its intent's search attributes yet.
+        settled = datetime.now(UTC) - ORPHAN_GRACE
+        found = []
+        for order in candidates:
+            if order.exchange_order_id in owned:
+                continue
+            if order.updated_at is not None and order.updated_at > settled:
+                continue
+            if not order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
+                found.append(Orphan(order=order, kind="manual"))
+                continue
+            owner = await self._owner(order.exchange_order_id)
+            found.append(Orphan(order=order, kind="kernel", intent_id=owner[0] if owner else None))
+        return found
+
+    async def _owner(self, exchange_order_id: str) -> tuple[str, bool] | None:
+        """(intent id, running) of the intent whose ExchangeOrderIds holds this order."""
+        query = (
+            f"WorkflowType = 'OrderIntent' AND ExchangeOrderIds = '{_quoted(exchange_order_id)}'"
+        )
+        async for execution in self.temporal.list_workflows(query, limit=1):
+            running = execution.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+            return execution.id.removeprefix("intent-"), running
+        return None
+
+    async def adopt(
+        self,
+        order: ExchangeOrder,
+        account: str,
+        intent_id: str,
+        *,
+        strategy_id: str | None = None,
+    ) -> IntentState:
+        """Make an orphan order an intent: the intent starts with that order as its live
+        placement and keeps it converging from there (modify, cancel, fills) like any other."""
+        spec = OrderSpec(
+            symbol=order.symbol,
+            side=order.side,
+            type=OrderType.STOP_LIMIT if order.stop_price else OrderType.LIMIT,
+            amount=order.amount,
+            price=order.price,
+            stop_price=order.stop_price,
+        )
+        intent = OrderIntent(
+            intent_id=intent_id,
+            account=account,
+            order=spec,
+            strategy_id=strategy_id,
+            tags={"adopted": order.client_order_id},
+        )
+        placement = Placement(
+            number=0,
+            client_order_id=order.client_order_id,
+            revision=0,
+            price=order.price,
+            stop_price=order.stop_price,
+            amount=order.amount,
+            order=order,
+        )
+        state = IntentState(intent=intent, desired=spec, placements=(placement,))
+        await self._refuse_if_halted(account, spec.symbol, "adoptions")
+        try:
+            await self.temporal.start_workflow(
+                OrderIntentWorkflow.run,
+                IntentStart(intent=intent, state=state),
+                id=intent.workflow_id,
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=intent_search_attributes(intent),
+                memo={"summary": intent.summary()},
+                static_summary=f"{account}: {intent.summary()} (adopted)",
+            )
+        except WorkflowAlreadyStartedError:
+            raise AlreadyExistsError(f"intent {intent_id!r} already exists") from None
+        return state
+
+    async def cancel_orphan(
+        self, account: str, symbol: str, client_order_id: str
+    ) -> ExchangeOrder | None:
+        """Cancel an order that no intent owns; returns it as the exchange has it after."""
+        handle = self.temporal.get_workflow_handle(account_sync_id(account))
+        lookup = OrderLookup(account=account, symbol=symbol, client_order_id=client_order_id)
+        try:
+            return await handle.execute_update(
+                "cancel_orphan", lookup, result_type=ExchangeOrder | None
+            )
+        except RPCError as exc:
+            raise self._no_sync(account, exc) from None
+
+    # --- the kill switch -----------------------------------------------------------------------
+
+    async def halt(
+        self,
+        account: str,
+        symbol: str | None = None,
+        *,
+        cancel_all: bool = False,
+        reason: str = "halted by user",
+    ) -> dict[str, str]:
+        """Refuse new intents and risk-increasing changes on the account (or one symbol);
+        cancels still work. With cancel_all, every live intent in scope is cancelled. Durable:
+        the state lives in the account's sync workflow."""
+        request = HaltRequest(symbol=symbol, cancel_all=cancel_all, reason=reason)
+        handle = self.temporal.get_workflow_handle(account_sync_id(account))
+        try:
+            return await handle.execute_update("halt", request, result_type=dict[str, str])
+        except RPCError as exc:
+            raise self._no_sync(account, exc) from None
+
+    async def resume(self, account: str, symbol: str | None = None) -> dict[str, str]:
+        handle = self.temporal.get_workflow_handle(account_sync_id(account))
+        try:
+            return await handle.execute_update("resume", symbol, result_type=dict[str, str])
+        except RPCError as exc:
+            raise self._no_sync(account, exc) from None
+
+    async def halts(self, account: str) -> dict[str, str]:
+        """Halted scopes of the account ("*" = all symbols) with their reasons."""
+        handle = self.temporal.get_workflow_handle(account_sync_id(account))
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return {}  # no sync workflow, so no kill switch was ever set
+            raise
+        memo = await description.memo()
+        halts = memo.get("halts") if isinstance(memo, dict) else None
+        return dict(halts) if isinstance(halts, dict) else {}
+
+    async def _refuse_if_halted(self, account: str, symbol: str, what: str) -> None:
+        halts = await self.halts(account)
+        reason = halts.get(symbol) or halts.get("*")
+        if reason is not None:
+            raise IntentRejected(f"account {account} is halted ({reason}): {what} are refused")
+
+    async def _refuse_risk_if_halted(self, intent_id: str, change: IntentChange) -> None:
+        state = await self.state(intent_id)
+        halts = await self.halts(state.intent.account)
+        reason = halts.get(state.desired.symbol) or halts.get("*")
+        if reason is not None and increases_risk(state.desired, change):
+            raise IntentRejected(
+                f"account {state.intent.account} is halted ({reason}): only cancels and "
+                "changes that reduce risk are accepted"
+            )
+
+    @staticmethod
+    def _no_sync(account: str, exc: RPCError) -> Exception:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return IntentNotFound(
+                f"account {account!r} has no running account sync (is a worker running with "
+                "this account?)"
+            )
+        return exc
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -190,9 +436,13 @@ class IntentClient:
         """Poll the intent's state until `condition` holds (TimeoutError after `within`)."""
         async with asyncio.timeout(within.total_seconds()):
             while True:
-                state = await self.state(intent_id)
-                if condition(state):
-                    return state
+                try:
+                    state = await self.state(intent_id)
+                except IntentNotFound:
+                    pass  # not started yet (a group starts its members shortly after)
+                else:
+                    if condition(state):
+                        return state
                 await asyncio.sleep(interval.total_seconds())
 
     async def list(
@@ -225,7 +475,7 @@ class IntentClient:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _handle(self, intent_id: str) -> WorkflowHandle:
-        if not ID_RE.match(intent_id):
+        if not isinstance(intent_id, str) or not ID_RE.fullmatch(intent_id):
             raise IntentNotFound(f"{intent_id!r} is not a valid intent id")
         return self.temporal.get_workflow_handle(
             workflow_id_for(intent_id), result_type=IntentState
@@ -236,9 +486,7 @@ class IntentClient:
         try:
             return await handle.execute_update(name, arg, result_type=IntentState)
         except WorkflowUpdateFailedError as exc:
-            cause = exc.cause
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause)
-            raise IntentRejected(message) from None
+            raise IntentRejected(_failure_message(exc.cause)) from None
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 # Updates cannot reach a closed workflow; say why if the intent has finished.
@@ -270,6 +518,26 @@ class IntentClient:
         if exc.status == RPCStatusCode.FAILED_PRECONDITION:
             return IntentRejected(f"intent {intent_id!r} has finished: {exc.message}")
         return exc
+
+
+def _validated(intent: OrderIntent | Mapping[str, Any]) -> OrderIntent:
+    if isinstance(intent, OrderIntent):
+        # Round trip through JSON: exactly what the worker's data converter will decode.
+        return OrderIntent.model_validate_json(intent.model_dump_json(warnings=False))
+    if isinstance(intent, Mapping):
+        return OrderIntent.model_validate(intent)
+    raise TypeError(f"submit() takes an OrderIntent (or its fields), not {type(intent).__name__}")
+
+
+def _failure_message(cause: BaseException | None) -> str:
+    """The refusal and what caused it, e.g. an argument the workflow could not decode."""
+    parts: list[str] = []
+    while cause is not None and len(parts) < 5:
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+        if message and message not in parts:
+            parts.append(message)
+        cause = cause.__cause__
+    return ": ".join(parts) or "rejected"
 
 
 def _quoted(value: str) -> str:

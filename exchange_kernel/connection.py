@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+
+if TYPE_CHECKING:
+    from temporalio.runtime import Runtime
 
 DEFAULT_ADDRESS = "localhost:7233"
 TASK_QUEUE = "exchange-kernel"
@@ -24,8 +28,12 @@ async def connect(
     *,
     profile: str | None = None,
     connect_timeout: timedelta = CONNECT_TIMEOUT,
+    runtime: Runtime | None = None,
 ) -> Client:
-    """A client configured from envconfig, overridden by explicit arguments; fails fast."""
+    """A client configured from envconfig, overridden by explicit arguments; fails fast.
+
+    `runtime`: e.g. `worker.metrics.metrics_runtime(port)`, whose Prometheus endpoint then serves
+    this client's and its workers' metrics (default: the SDK's runtime, no metrics endpoint)."""
     config = ClientConfig.load_client_connect_config(profile=profile)
     config.setdefault("target_host", DEFAULT_ADDRESS)
     if address:
@@ -35,7 +43,7 @@ async def connect(
     target = config["target_host"]
     try:
         return await asyncio.wait_for(
-            Client.connect(**config, data_converter=pydantic_data_converter),
+            Client.connect(**config, data_converter=pydantic_data_converter, runtime=runtime),
             connect_timeout.total_seconds(),
         )
     except (TimeoutError, RuntimeError, OSError) as exc:

@@ -13,6 +13,7 @@ from exchange_kernel.accounts import AccountConfig
 from exchange_kernel.connection import connect
 from exchange_kernel.devserver import DevServer
 from exchange_kernel.worker import run_worker
+from exchange_kernel.worker.metrics import Telemetry
 
 PAPER_KEY_ENV = "EK_PAPER_API_KEY"
 PAPER_SECRET_ENV = "EK_PAPER_SECRET"
@@ -41,8 +42,11 @@ async def run_dev(
     task_queue: str,
     console: Console,
     ready_file: Path | None = None,
+    telemetry: Telemetry | None = None,
 ) -> None:
-    """Start the three parts, print where they are, and stop them all on Ctrl-C / SIGTERM."""
+    """Start the three parts, print where they are, and stop them all on Ctrl-C / SIGTERM.
+
+    `telemetry`: the worker's metrics endpoint and tracing (`Telemetry.configure(...)`)."""
     from exchange_kernel.sim import SimServer
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,16 +68,21 @@ async def run_dev(
         with console.status("starting the paper exchange"):
             await sim.start()
         try:
-            client = await connect(server.target)
+            telemetry = telemetry or Telemetry()
+            client = telemetry.traced(await connect(server.target, runtime=telemetry.runtime))
             account = paper_account(sim.base_url)
             console.print(f"[bold green]Temporal[/]       {server.target}")
             console.print(f"[bold green]Temporal UI[/]    {server.ui_url}")
             console.print(f"[bold green]paper exchange[/] {sim.base_url}")
             console.print(f"[bold green]worker[/]         task queue {task_queue}, account paper")
+            if telemetry.url:
+                console.print(f"[bold green]metrics[/]        {telemetry.url}")
             console.print("Ctrl-C stops all three.")
             if ready_file is not None:
                 ready_file.write_text(f"{server.target}\n{server.ui_url}\n{sim.base_url}\n")
-            await run_worker(client, {"paper": account}, task_queue, stop)
+            await run_worker(
+                client, {"paper": account}, task_queue, stop, metrics=telemetry.metrics
+            )
         finally:
             await sim.stop()
     finally:

@@ -23,7 +23,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
-from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+from temporalio.common import (
+    SearchAttributeIndexedValueType,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -47,6 +52,7 @@ __all__ = [
     "dev_server_args",
     "dynamic_config_args",
     "free_port",
+    "intent_search_attributes",
     "start_local_environment",
     "start_time_skipping_environment",
     "temporal_cli_path",
@@ -604,3 +610,18 @@ async def start_time_skipping_environment(
             await env.shutdown()
             raise
     return env
+
+
+def intent_search_attributes(intent: Any) -> TypedSearchAttributes:
+    """The search attributes an intent's workflow starts with (`intent`: an OrderIntent)."""
+    pairs = [
+        SearchAttributePair(INTENT_ACCOUNT, intent.account),
+        SearchAttributePair(INTENT_SYMBOL, intent.order.symbol),
+        SearchAttributePair(INTENT_STATUS, "pending"),
+        SearchAttributePair(RECONCILIATION_STATUS, "reconciling"),
+    ]
+    if intent.group_id:
+        pairs.append(SearchAttributePair(INTENT_GROUP, intent.group_id))
+    if intent.strategy_id:
+        pairs.append(SearchAttributePair(STRATEGY_ID, intent.strategy_id))
+    return TypedSearchAttributes(pairs)

@@ -198,12 +198,12 @@ class OrderSpec(Value):
 
     def summary(self) -> str:
         """One line for people: `buy 0.5 BTC/USDT @ 30000`."""
-        text = f"{self.side.value} {self.amount} {self.symbol}"
+        text = f"{self.side.value} {self.amount:f} {self.symbol}"
         if self.type is OrderType.MARKET:
             return f"{text} @ market"
-        text = f"{text} @ {self.price}"
+        text = f"{text} @ {self.price:f}"
         if self.stop_price is not None:
-            text = f"{text} stop {self.stop_price}"
+            text = f"{text} stop {self.stop_price:f}"
         return text
 
 
@@ -217,6 +217,16 @@ class OrderIntent(Value):
     strategy_id: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     on_external_cancel: ExternalCancelPolicy = ExternalCancelPolicy.FINISH
+    expires_at: datetime | None = Field(
+        default=None, description="good till this time: then cancelled, outcome expired"
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.utcoffset() is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2026-01-01T12:00:00Z)")
+        return value
 
     @field_validator("intent_id", "account")
     @classmethod
@@ -258,12 +268,17 @@ def workflow_id_for(intent_id: str) -> str:
     return f"intent-{intent_id}"
 
 
-def client_order_id(intent_id: str, placement: int) -> str:
+def client_order_id(intent_id: str, placement: int, exchange: str | None = None) -> str:
     """The deterministic client order id of an intent's `placement`-th exchange order.
 
     A hash keeps it inside Binance's 36 characters and its alphabet whatever the intent id is;
-    `ek-` marks the orders that exchange-kernel placed.
+    `ek-` marks the orders that exchange-kernel placed. With `exchange` (a ccxt id), the id
+    follows that exchange's rules (`exchange_kernel.client_ids`); for binance it is the same.
     """
+    if exchange is not None:
+        from exchange_kernel.client_ids import client_order_id_for
+
+        return client_order_id_for(exchange, intent_id, placement)
     digest = hashlib.blake2b(intent_id.encode(), digest_size=8).hexdigest()
     return f"{CLIENT_ORDER_ID_PREFIX}-{digest}-{placement}"
 
@@ -400,6 +415,7 @@ class Placement(Value):
     client_order_id: str
     revision: int
     price: Money | None = None
+    stop_price: Money | None = None
     amount: Money
     order: ExchangeOrder | None = None
     outcome_unknown: bool = False
@@ -432,6 +448,8 @@ class IntentState(Value):
     reconciliation_status: ReconciliationStatus = ReconciliationStatus.RECONCILING
     rules: MarketRules | None = None
     cancel_reason: str | None = None
+    expiring: bool = False
+    halted: str | None = None  # the account's kill switch is on (reason)
     outcome_reason: str | None = None
     last_sync_at: datetime | None = None
     recent_actions: tuple[ActionRecord, ...] = ()
@@ -517,6 +535,7 @@ class AmendRequest(Value):
     account: str
     replaces_client_order_id: str
     replaces_exchange_order_id: str
+    replaces_filled: Money = Decimal(0)
     order: OrderRequest
 
 
@@ -546,3 +565,196 @@ class IntentStart(Value):
     state: IntentState | None = None
     poll_first: timedelta = timedelta(seconds=1)
     poll_ceiling: timedelta = timedelta(seconds=30)
+    # Registered with the account sync: resting observation comes from it, no own polling.
+    watched: bool = False
+
+
+class HaltRequest(Value):
+    """The kill switch: refuse new risk on an account (or one symbol of it)."""
+
+    symbol: str | None = None
+    cancel_all: bool = False
+    reason: str = "halted"
+
+
+def halt_scope(symbol: str | None) -> str:
+    return symbol or "*"
+
+
+def account_sync_id(account: str) -> str:
+    return f"account-sync-{account}"
+
+
+def group_workflow_id(group_id: str) -> str:
+    return f"group-{group_id}"
+
+
+class WatchRequest(Value):
+    """An intent asking its account's sync to observe its orders (client order ids with
+    the intent's digest) on `symbol`."""
+
+    intent_id: str
+    symbol: str
+
+
+class SyncRequest(Value):
+    """One round of bulk observation of an account."""
+
+    account: str
+    symbols: tuple[str, ...]
+    round: int
+    # Per symbol, the last trade id already seen: trades after it are fills to report.
+    trade_cursor: dict[str, str] = Field(default_factory=dict)
+    # Intents registered since the last round (by digest): their orders may have changed
+    # between their own last look and this round, outside any snapshot.
+    new_digests: tuple[str, ...] = ()
+
+
+class ScanRequest(Value):
+    account: str
+    symbols: tuple[str, ...]
+
+
+class Orphan(Value):
+    """An open exchange order that no running intent owns."""
+
+    order: ExchangeOrder
+    kind: str  # "kernel": our client order id prefix, no running intent; "manual": placed by hand
+    intent_id: str | None = None  # the finished intent it belonged to, when visibility knows
+
+
+class SyncResult(Value):
+    changed: tuple[ExchangeOrder, ...] = ()
+    not_open: tuple[str, ...] = ()  # of the new digests, those with no open order
+    trade_cursor: dict[str, str] = Field(default_factory=dict)
+    # Only when the activity had no snapshot of the previous round (a new or restarted
+    # worker): every open client order id, so the workflow can resync what it cannot diff.
+    open_client_order_ids: tuple[str, ...] | None = None
+    requests: int = 0
+
+
+# --- contingent orders ---------------------------------------------------------------------
+
+
+class GroupKind(StrEnum):
+    OCO = "oco"  # one fills, the others are cancelled
+    BRACKET = "bracket"  # an entry; its fills protected by a take-profit / stop-loss OCO pair
+
+
+class OcoTrigger(StrEnum):
+    FIRST_FILL = "first_fill"  # any fill of any size triggers (default)
+    FULL_FILL = "full_fill"  # only a member filled completely triggers
+
+
+class IntentGroup(Value):
+    """Intents whose fate is linked. Every member is an ordinary intent as well."""
+
+    group_id: str
+    account: str
+    kind: GroupKind
+    strategy_id: str | None = None
+    # OCO
+    members: tuple[OrderIntent, ...] = ()
+    trigger: OcoTrigger = OcoTrigger.FIRST_FILL
+    # bracket
+    entry: OrderSpec | None = None
+    take_profit: Money | None = None
+    stop_loss: Money | None = None
+    stop_loss_limit: Money | None = None
+
+    @field_validator("group_id", "account")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not ID_RE.fullmatch(value):
+            raise ValueError(f"must be 1-128 characters of letters, digits and . _ : - ({value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        if self.kind is GroupKind.OCO:
+            if len(self.members) < 2:
+                raise ValueError("members: an OCO group needs at least two intents")
+            for member in self.members:
+                if member.account != self.account:
+                    raise ValueError(f"members: {member.intent_id} is on another account")
+                if member.group_id not in (None, self.group_id):
+                    raise ValueError(f"members: {member.intent_id} names another group")
+            ids = [m.intent_id for m in self.members]
+            if len(set(ids)) != len(ids):
+                raise ValueError("members: intent ids must be distinct")
+            return self
+        if self.entry is None or self.take_profit is None or self.stop_loss is None:
+            raise ValueError("a bracket needs entry, take_profit and stop_loss")
+        reference = self.entry.price
+        if self.entry.side is Side.BUY:
+            if not self.stop_loss < self.take_profit:
+                raise ValueError("stop_loss must be below take_profit for a buy entry")
+            if reference is not None and not self.stop_loss < reference < self.take_profit:
+                raise ValueError("a buy entry's price must lie between stop_loss and take_profit")
+        else:
+            if not self.take_profit < self.stop_loss:
+                raise ValueError("take_profit must be below stop_loss for a sell entry")
+            if reference is not None and not self.take_profit < reference < self.stop_loss:
+                raise ValueError("a sell entry's price must lie between take_profit and stop_loss")
+        return self
+
+    def member_intents(self) -> tuple[OrderIntent, ...]:
+        """OCO: the members, each tagged with the group id."""
+        return tuple(
+            m if m.group_id == self.group_id else m.model_copy(update={"group_id": self.group_id})
+            for m in self.members
+        )
+
+    def leg_id(self, leg: str) -> str:
+        return f"{self.group_id}.{leg}"
+
+    def bracket_intent(self, leg: str, amount: Decimal) -> OrderIntent:
+        """The entry, take-profit or stop-loss leg of a bracket as an intent."""
+        assert self.entry is not None
+        if leg == "entry":
+            spec = self.entry
+        else:
+            exit_side = Side.SELL if self.entry.side is Side.BUY else Side.BUY
+            if leg == "take_profit":
+                spec = OrderSpec(
+                    symbol=self.entry.symbol,
+                    side=exit_side,
+                    type=OrderType.LIMIT,
+                    amount=amount,
+                    price=self.take_profit,
+                )
+            else:
+                spec = OrderSpec(
+                    symbol=self.entry.symbol,
+                    side=exit_side,
+                    type=OrderType.STOP_LIMIT,
+                    amount=amount,
+                    price=self.stop_loss_limit or self.stop_loss,
+                    stop_price=self.stop_loss,
+                )
+        return OrderIntent(
+            intent_id=self.leg_id(leg),
+            account=self.account,
+            order=spec,
+            group_id=self.group_id,
+            strategy_id=self.strategy_id,
+        )
+
+
+class MemberUpdate(Value):
+    """A group member reporting its progress to its group."""
+
+    intent_id: str
+    filled: Money
+    status: IntentStatus
+
+
+class GroupState(Value):
+    group: IntentGroup
+    members: dict[str, MemberUpdate] = Field(default_factory=dict)
+    triggered_by: str | None = None
+    cancel_reason: str | None = None
+    finished: bool = False
+    # Fills that landed on legs that should have been cancelled: reported, never hidden.
+    overfill: dict[str, Money] = Field(default_factory=dict)
+    notes: tuple[str, ...] = ()

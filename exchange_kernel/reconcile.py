@@ -25,6 +25,7 @@ from exchange_kernel.models import (
     OrderType,
     Placement,
     ReconciliationStatus,
+    Side,
     TimeInForce,
     Value,
     client_order_id,
@@ -112,7 +113,8 @@ def plan(state: IntentState) -> Action:
     if state.cancel_reason is not None:
         if current is not None:
             return Cancel(placement=current.number, reason=f"cancel: {state.cancel_reason}")
-        return Finish(status=IntentStatus.CANCELED, reason=state.cancel_reason)
+        outcome = IntentStatus.EXPIRED if state.expiring else IntentStatus.CANCELED
+        return Finish(status=outcome, reason=state.cancel_reason)
 
     if current is not None:
         return _plan_live(state, current)
@@ -130,7 +132,7 @@ def _plan_live(state: IntentState, current: Placement) -> Action:
     if not _rests(desired):
         return Wait(reason="waiting for the exchange to finish the order")
     wanted_remaining = desired.amount - state.filled
-    price_differs = desired.price != current.price or desired.stop_price != order.stop_price
+    price_differs = desired.price != current.price or desired.stop_price != current.stop_price
     if not price_differs and order.remaining == wanted_remaining:
         return Wait(reason="resting as desired")
     changes = []
@@ -198,6 +200,7 @@ def _next_placement(state: IntentState, amount: Decimal) -> Placement:
         client_order_id=client_order_id(state.intent.intent_id, number),
         revision=state.revision,
         price=state.desired.price,
+        stop_price=state.desired.stop_price,
         amount=amount,
     )
 
@@ -256,6 +259,13 @@ def observe_absent(state: IntentState, number: int, now: datetime) -> IntentStat
     return _refresh(state.model_copy(update={"last_sync_at": now}))
 
 
+def amend_skipped(state: IntentState, replaced: int, new: int, now: datetime) -> IntentState:
+    """The amend was not sent (the old order changed since it was planned): the old order is
+    not being cancelled, the new one was never placed; plan again from what was observed."""
+    state = _update_placement(state, replaced, cancel_requested=False)
+    return observe_absent(state, new, now)
+
+
 def reject(state: IntentState, number: int, reason: str, now: datetime) -> IntentState:
     """The exchange refused the placement (non-retryable): nothing was created."""
     state = _update_placement(state, number, outcome_unknown=False, rejected=reason)
@@ -290,6 +300,11 @@ def check_change(state: IntentState, change: IntentChange) -> None:
         raise ChangeRejected("price: a market order has no price to change")
     if change.amount is not None and change.amount < state.filled:
         raise ChangeRejected(f"amount {change.amount} is below the {state.filled} already filled")
+    if state.halted is not None and increases_risk(desired, change):
+        raise ChangeRejected(
+            f"account {state.intent.account} is halted ({state.halted}): only cancels and "
+            "changes that reduce risk are accepted"
+        )
     new_spec = _changed_spec(state, change)
     if state.rules is not None:
         remaining = new_spec.amount - state.filled
@@ -297,6 +312,31 @@ def check_change(state: IntentState, change: IntentChange) -> None:
             broken = state.rules.violations(new_spec, amount=remaining)
             if broken:
                 raise ChangeRejected("; ".join(broken))
+
+
+def increases_risk(desired: OrderSpec, change: IntentChange) -> bool:
+    """A larger amount, or a price moved towards the market (a buy higher, a sell lower)."""
+    if change.amount is not None and change.amount > desired.amount:
+        return True
+    if change.price is not None and desired.price is not None:
+        if desired.side is Side.BUY:
+            return change.price > desired.price
+        return change.price < desired.price
+    return False
+
+
+def set_halted(state: IntentState, reason: str | None, now: datetime) -> IntentState:
+    if state.halted == reason:
+        return state
+    record = ActionRecord(
+        at=now, action="halted" if reason else "resumed", reason=reason or "kill switch off"
+    )
+    return state.model_copy(
+        update={
+            "halted": reason,
+            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
+        }
+    )
 
 
 def apply_change(state: IntentState, change: IntentChange, now: datetime) -> IntentState:
@@ -326,6 +366,22 @@ def request_cancel(state: IntentState, reason: str, now: datetime) -> IntentStat
     return state.model_copy(
         update={
             "cancel_reason": reason,
+            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
+        }
+    )
+
+
+def request_expiry(state: IntentState, now: datetime) -> IntentState:
+    """The intent's good-till time has come: cancel what is live, finish as expired."""
+    if state.status.is_terminal or state.expiring:
+        return state
+    expires_at = state.intent.expires_at
+    reason = f"expired at {expires_at.isoformat() if expires_at else now.isoformat()}"
+    record = ActionRecord(at=now, action="expire", reason=reason)
+    return state.model_copy(
+        update={
+            "cancel_reason": reason,
+            "expiring": True,
             "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
         }
     )

@@ -23,6 +23,7 @@ from exchange_kernel.client import IntentClient
 from exchange_kernel.devserver import start_local_environment
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, running_sim
 from exchange_kernel.worker import build_worker
+from exchange_kernel.worker.run import ensure_account_syncs
 
 TASK_QUEUE = "exchange-kernel-tests"
 # Recognisable values: the secret-hygiene checks look for them in histories and logs.
@@ -73,8 +74,8 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
     os.environ[TEST_SECRET_ENV] = DEMO_SECRET
     common = {"exchange": "binance", "api_key_env": TEST_KEY_ENV, "secret_env": TEST_SECRET_ENV}
     return {
-        # native amend: ccxt's binance edits with cancelReplace
-        "paper": AccountConfig(name="paper", base_url=base_url, **common),
+        # native amend (opted in): ccxt's binance edits with cancelReplace
+        "paper": AccountConfig(name="paper", base_url=base_url, native_amend=True, **common),
         # the cancel -> confirm -> place path, for exchanges without an edit
         "paper-replace": AccountConfig(
             name="paper-replace",
@@ -110,6 +111,9 @@ async def worker(temporal_client: Client, paper: Paper) -> AsyncIterator[Any]:
     pool = ExchangePool(paper_accounts(paper.base_url))
     running = build_worker(temporal_client, pool, TASK_QUEUE)
     task = asyncio.create_task(running.run())
+    # "paper" is observed by its account sync; "paper-replace" keeps per-intent polling, so
+    # both observation paths run in every end-to-end test module.
+    await ensure_account_syncs(temporal_client, ["paper"], TASK_QUEUE)
     try:
         yield running
     finally:

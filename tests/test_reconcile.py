@@ -567,23 +567,24 @@ def test_two_live_orders_shed_the_older() -> None:
 
 # --- the stateful property test -------------------------------------------------------------
 #
-# A fake exchange (a dict of orders by client order id) and a fake workflow that executes each
-# planned action against it, with faults: the response of a request is lost before the exchange
-# committed it or after, or the exchange refuses it. The strategy side modifies (validly or
-# not) and cancels; the exchange side fills and cancels on its own, and each such event is
-# either pushed to the kernel at once (as AccountSyncWorkflow would) or left for a later poll,
-# cancel or lookup to discover.
+# A fake exchange (a dict of orders by client order id, not a mock of ccxt) and a fake workflow
+# that plans, executes each action against it and records the result through the transitions.
+# Faults: a request's answer is lost before or after the exchange committed it (the workflow
+# records unknown()), the workflow records nothing after start() at all (crash_*), or the
+# exchange refuses the order. The strategy modifies (validly or not) and cancels. The exchange
+# fills and cancels on its own; each such event is pushed to the kernel at once (as the account
+# sync would) or left for a later poll, cancel or lookup to discover, and its previous snapshot
+# may still arrive late, out of order. When an intent finishes, the next one starts.
 #
-# Races: with every event pushed the kernel's view is exact when it plans, and then it never
-# asks the exchange for more than `desired.amount - filled` (checked against the exchange's
-# truth). With unpushed events two known races are kept in the model on purpose, not excluded:
-# (1) a fill landing between the last observation and an amend: the native amend (atomic in
-# the fake: cancel old + create new in one step) then asks for the stale remaining; (2) the
-# strategy reducing the amount while the exchange fills the old, larger order. The invariants
-# check that over-asking happens only from a stale view, that otherwise the exchange never
-# fills more than the intent amount, and that once the kernel has observed (a poll) it cancels
-# or amends down: the quiet loop must reach "resting as desired" with the exchange's real
-# remaining, or finish.
+# Races are kept in the model on purpose, not excluded:
+# (1) a fill lands between the kernel's last observation and a native amend (atomic in the
+#     fake: the old order is cancelled and the new one created in one step), so the amend asks
+#     for the stale remaining and the exchange may fill more than the intent amount;
+# (2) the strategy reduces the amount while the exchange fills the old, larger order.
+# The invariants assert that the kernel over-asks only from a stale view (never when every
+# event was pushed), that without a race the exchange never fills more than the intent amount,
+# and that once the kernel has observed (a poll) it cancels or amends down: the quiet loop must
+# reach "resting as desired" with the exchange's true remaining, or finish.
 
 # lost_*: the request ended without an answer and the workflow records unknown(); crash_*: the
 # workflow recorded start() and then nothing at all (say a worker died), before or after the
@@ -883,8 +884,15 @@ class Kernel:
         if action.status is IntentStatus.FILLED:
             assert state.filled >= state.desired.amount
         elif action.status is IntentStatus.CANCELED:
-            external = any(o.cancelled_externally for o in self.exchange.orders.values())
+            external = any(
+                p.order is not None
+                and p.order.status is ExchangeOrderStatus.CANCELED
+                and not p.cancel_requested
+                for p in state.placements
+            )
             assert state.cancel_reason is not None or external
+            if external:
+                assert any(o.cancelled_externally for o in self.exchange.orders.values())
         elif action.status is IntentStatus.EXPIRED:
             observed = any(o.status is ExchangeOrderStatus.EXPIRED for o in orders)
             assert not _rests(state.desired) or observed
@@ -910,9 +918,11 @@ SPECS = st.sampled_from(
         {"type": "stop_limit", "stop_price": "95"},
     ]
 )
+NATIVE_AMEND = MarketRules(symbol="BTC/USDT", native_amend=True)
 RULES = st.one_of(
     st.none(),
-    st.just(MarketRules(symbol="BTC/USDT", native_amend=True)),
+    st.just(NATIVE_AMEND),
+    st.just(NATIVE_AMEND),
     st.builds(
         MarketRules,
         symbol=st.just("BTC/USDT"),
@@ -927,22 +937,78 @@ AMOUNTS = st.sampled_from(["1", "2", "3", "5", "8", "2.5"])
 PRICES = st.sampled_from(["90", "100", "110", "100.5"])
 
 
+def _active(machine: ReconcileMachine) -> bool:
+    return not machine.kernel.state.status.is_terminal
+
+
+def _resting(machine: ReconcileMachine) -> bool:
+    return _active(machine) and bool(machine.kernel.exchange.live())
+
+
+def _finished(machine: ReconcileMachine) -> bool:
+    return not _active(machine)
+
+
+INTENTS = {
+    "kind": SPECS,
+    "amount": AMOUNTS,
+    "rules": RULES,
+    "policy": st.sampled_from(list(ExternalCancelPolicy)),
+}
+
+
 class ReconcileMachine(RuleBasedStateMachine):
+    """One intent at a time; when it finishes, the next one starts (new intent id)."""
+
     kernel: Kernel
 
-    @initialize(
-        kind=SPECS,
-        amount=AMOUNTS,
-        rules=RULES,
-        policy=st.sampled_from(list(ExternalCancelPolicy)),
-    )
-    def begin(
+    def __init__(self) -> None:
+        super().__init__()
+        self.intents = 0
+        self.client_order_ids: set[str] = set()  # of every exchange order of earlier intents
+        self.history: dict[str, object] = {}
+
+    def open_intent(
         self, kind: dict[str, str], amount: str, rules: MarketRules | None, policy: str
     ) -> None:
         fields = {"price": "100", **kind}
-        state = make_state(amount=amount, policy=policy, rules=rules, **fields)  # type: ignore[arg-type]
+        intent_id = f"intent-{self.intents}"
+        self.intents += 1
+        state = make_state(
+            amount=amount,
+            policy=policy,
+            rules=rules,
+            intent_id=intent_id,
+            **fields,  # type: ignore[arg-type]
+        )
         self.kernel = Kernel(state=state, exchange=FakeExchange(rules=rules))
         self.kernel.max_desired = state.desired.amount
+        self.history = {}
+
+    @initialize(**INTENTS)
+    def begin(
+        self, kind: dict[str, str], amount: str, rules: MarketRules | None, policy: str
+    ) -> None:
+        self.open_intent(kind, amount, rules, policy)
+
+    @precondition(_finished)
+    @rule(**INTENTS)
+    def next_intent(
+        self, kind: dict[str, str], amount: str, rules: MarketRules | None, policy: str
+    ) -> None:
+        kernel = self.kernel
+        state = kernel.state
+        # A finished intent stays finished: it plans its outcome and refuses changes.
+        assert plan(state) == Finish(status=state.status, reason=plan(state).reason)
+        with pytest.raises(ChangeRejected):
+            check_change(state, IntentChange(amount=D(9)))
+        with pytest.raises(ChangeRejected):
+            request_cancel(state, "strategy stopped", kernel.now())
+        # Client order ids are distinct across intents too.
+        created = set(kernel.exchange.orders)
+        assert not created & self.client_order_ids
+        self.client_order_ids |= created
+        self.open_intent(kind, amount, rules, policy)
 
     def run_workflow(
         self, faults: list[str], observe_replaced: bool = False, taker: int = 0
@@ -952,6 +1018,7 @@ class ReconcileMachine(RuleBasedStateMachine):
 
     # --- the workflow ---
 
+    @precondition(_active)
     @rule(
         faults=st.lists(st.sampled_from(FAULTS), min_size=1, max_size=3),
         observe_replaced=st.booleans(),
@@ -960,6 +1027,7 @@ class ReconcileMachine(RuleBasedStateMachine):
     def workflow_steps(self, faults: list[str], observe_replaced: bool, taker: int) -> None:
         self.run_workflow(faults, observe_replaced, taker)
 
+    @precondition(_active)
     @rule(then=WORKFLOW_STEPS)
     def workflow_polls(self, then: list[str]) -> None:
         kernel = self.kernel
@@ -971,7 +1039,7 @@ class ReconcileMachine(RuleBasedStateMachine):
 
     # --- the exchange, on its own ---
 
-    @precondition(lambda self: self.kernel.exchange.live())
+    @precondition(_resting)
     @rule(
         event=st.sampled_from(["fill", "fill", "fill", "cancel"]),
         quantity=st.sampled_from(["1", "2", "0.5", "all"]),
@@ -998,7 +1066,7 @@ class ReconcileMachine(RuleBasedStateMachine):
             kernel.state = observe(kernel.state, seen, kernel.now())
         self.run_workflow(then)
 
-    @precondition(lambda self: self.kernel.late)
+    @precondition(lambda self: _active(self) and self.kernel.late)
     @rule(data=st.data(), then=WORKFLOW_STEPS)
     def old_observation_arrives_late(self, data: st.DataObject, then: list[str]) -> None:
         kernel = self.kernel
@@ -1008,6 +1076,7 @@ class ReconcileMachine(RuleBasedStateMachine):
 
     # --- the strategy ---
 
+    @precondition(_active)
     @rule(
         wish=st.sampled_from(["modify"] * 8 + ["below_filled", "cancel"]),
         price=st.one_of(st.none(), PRICES),
@@ -1024,11 +1093,7 @@ class ReconcileMachine(RuleBasedStateMachine):
         kernel = self.kernel
         before = kernel.state
         if wish == "cancel":
-            if before.status.is_terminal:
-                with pytest.raises(ChangeRejected):
-                    request_cancel(before, "strategy stopped", kernel.now())
-            else:
-                kernel.state = request_cancel(before, "strategy stopped", kernel.now())
+            kernel.state = request_cancel(before, "strategy stopped", kernel.now())
             return
         if wish == "below_filled":
             below = before.filled - D(amount or "1")
@@ -1060,10 +1125,10 @@ class ReconcileMachine(RuleBasedStateMachine):
     @invariant()
     def observations_never_step_back(self) -> None:
         state = self.kernel.state
-        history = self.__dict__.setdefault("history", {})
-        assert state.filled >= history.get("filled", ZERO)
+        history = self.history
+        assert state.filled >= history.get("filled", ZERO)  # type: ignore[operator]
         history["filled"] = state.filled
-        ended = history.setdefault("ended", set())
+        ended: set[int] = history.setdefault("ended", set())  # type: ignore[assignment]
         for placement in state.placements:
             if placement.order is not None and not placement.order.status.is_live:
                 ended.add(placement.number)
@@ -1121,7 +1186,7 @@ class ReconcileMachine(RuleBasedStateMachine):
 
 
 ReconcileMachine.TestCase.settings = settings(
-    max_examples=300,
+    max_examples=200,
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

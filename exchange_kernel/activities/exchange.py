@@ -19,6 +19,7 @@ from temporalio import activity
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.activities.errors import to_application_error
 from exchange_kernel.models import (
+    CLIENT_ORDER_ID_PREFIX,
     AmendRequest,
     AmendResult,
     ExchangeOrder,
@@ -29,7 +30,11 @@ from exchange_kernel.models import (
     OrderLookup,
     OrderRequest,
     OrderType,
+    ScanRequest,
     Side,
+    SyncRequest,
+    SyncResult,
+    Value,
 )
 
 T = TypeVar("T")
@@ -40,13 +45,23 @@ class ExchangeActivities:
 
     def __init__(self, pool: ExchangePool) -> None:
         self.pool = pool
+        # Per account: the round of the last sync and the open orders it saw then. A cache
+        # only: when it does not follow on from the previous round (new or other worker),
+        # the round reports every open order id so the workflow can resync what it can't diff.
+        self._snapshots: dict[str, tuple[int, dict[str, OpenOrderMark]]] = {}
 
     async def _call(self, account: str, call: Callable[[Any], Awaitable[T]]) -> T:
+        # Imported here: the worker package imports this module, so a top-level import cycles.
+        from exchange_kernel.worker.metrics import ExchangeCallMetrics
+
+        metrics = ExchangeCallMetrics(account, self.pool)
         try:
             client = self.pool.client(account)
-            return await call(client)
+            return await call(metrics.counting(client))
         except Exception as exc:
-            raise to_application_error(exc, self.pool.last_response_headers(account)) from None
+            error = to_application_error(exc, self.pool.last_response_headers(account))
+            metrics.failed(error)
+            raise error from None
 
     @activity.defn
     async def load_market(self, request: MarketRequest) -> MarketRules:
@@ -55,7 +70,10 @@ class ExchangeActivities:
             market = markets.get(request.symbol)
             if market is None:
                 raise ccxt.BadSymbol(f"{client.id} has no market {request.symbol}")
-            return market_rules(client, market)
+            rules = market_rules(client, market)
+            config = self.pool.accounts.get(request.account)
+            opted_in = config is not None and config.native_amend
+            return rules.model_copy(update={"native_amend": rules.native_amend and opted_in})
 
         return await self._call(request.account, call)
 
@@ -91,6 +109,17 @@ class ExchangeActivities:
             if new.may_exist or activity.info().attempt > 1:
                 order = await find_order(client, new.symbol, new.client_order_id)
             if order is None:
+                # The replacement was sized from the fills the workflow knew; if the old order
+                # filled since, don't edit: report it, and the workflow re-plans from the truth.
+                current = await find_order(
+                    client, new.symbol, request.replaces_client_order_id, request.replaces_filled
+                )
+                if (
+                    current is None
+                    or not current.status.is_live
+                    or current.filled != request.replaces_filled
+                ):
+                    return AmendResult(replaced=current, order=None)
                 symbol, type_, side, amount, price, params = create_args(new)
                 try:
                     edited = await client.edit_order(
@@ -103,8 +132,13 @@ class ExchangeActivities:
                         params,
                     )
                     order = await complete(client, edited, new)
-                except (ccxt.OrderNotFound, ccxt.InvalidOrder, ccxt.BadRequest) as exc:
-                    # cancelReplace refuses when the old order already ended (filled,
+                except (
+                    ccxt.OrderNotFound,
+                    ccxt.InvalidOrder,
+                    ccxt.BadRequest,
+                    ccxt.BadResponse,
+                ) as exc:
+                    # cancelReplace refuses (Binance -2022/-2021) when the old order ended (filled,
                     # cancelled): observe both instead of guessing.
                     activity.logger.info("amend of %s refused: %s", new.client_order_id, exc)
                     order = await find_order(client, new.symbol, new.client_order_id)
@@ -141,14 +175,121 @@ class ExchangeActivities:
 
         return await self._call(request.account, call)
 
+    @activity.defn
+    async def sync_account(self, request: SyncRequest) -> SyncResult:
+        """Observe an account in bulk: what changed since the last round, at a cost per
+        round that depends on the number of symbols, not on the number of resting orders."""
+
+        async def call(client: Any) -> SyncResult:
+            counter = [0]
+
+            async def count(result: Awaitable[T]) -> T:
+                counter[0] += 1
+                return await result
+
+            previous = self._snapshots.get(request.account)
+            cold = previous is None or previous[0] != request.round - 1
+            known = {} if cold or previous is None else previous[1]
+            cursor = dict(request.trade_cursor)
+            now_open: dict[str, ExchangeOrder] = {}
+            changed: dict[str, ExchangeOrder] = {}
+            filled_order_ids: dict[str, str] = {}
+            for symbol in request.symbols:
+                for raw in await count(client.fetch_open_orders(symbol)):
+                    order = to_exchange_order(raw)
+                    if order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
+                        now_open[order.client_order_id] = order
+                since = cursor.get(symbol)
+                if since is None:
+                    # First round for this symbol: start after the newest trade; earlier
+                    # fills were seen by the intents' own lookups.
+                    newest = await count(client.fetch_my_trades(symbol, None, 1))
+                    cursor[symbol] = str(newest[-1]["id"]) if newest else "0"
+                    continue
+                trades = await count(
+                    client.fetch_my_trades(symbol, None, None, {"fromId": int(since) + 1})
+                )
+                for trade in trades:
+                    filled_order_ids[str(trade["order"])] = symbol
+                if trades:
+                    cursor[symbol] = str(trades[-1]["id"])
+
+            open_by_exchange_id = {o.exchange_order_id: o for o in now_open.values()}
+            for client_order_id, order in now_open.items():
+                mark = known.get(client_order_id)
+                if mark is None:
+                    if order.filled > 0 or order.exchange_order_id in filled_order_ids:
+                        changed[client_order_id] = order
+                elif (mark.filled, mark.status) != (order.filled, order.status):
+                    changed[client_order_id] = order
+            # Gone from the open list: one targeted lookup before anyone is told.
+            for client_order_id, mark in known.items():
+                if client_order_id not in now_open:
+                    found = await count(find_order(client, mark.symbol, client_order_id))
+                    if found is not None:
+                        changed[client_order_id] = found
+            # Filled since the cursor but never seen open (placed and filled between rounds).
+            seen = {o.exchange_order_id for o in changed.values()} | set(open_by_exchange_id)
+            for exchange_order_id, symbol in filled_order_ids.items():
+                if exchange_order_id in seen:
+                    continue
+                raw = await count(client.fetch_order(exchange_order_id, symbol))
+                order = to_exchange_order(raw)
+                if order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
+                    changed[order.client_order_id] = order
+            for client_order_id, order in list(changed.items()):
+                if order.filled > 0 and not order.fills:
+                    fills = await count(order_fills(client, order))
+                    changed[client_order_id] = order.model_copy(update={"fills": fills})
+
+            self._snapshots[request.account] = (
+                request.round,
+                {
+                    cid: OpenOrderMark(symbol=o.symbol, filled=o.filled, status=o.status)
+                    for cid, o in now_open.items()
+                },
+            )
+            open_digests = {cid.split("-")[1] for cid in now_open}
+            return SyncResult(
+                changed=tuple(changed.values()),
+                not_open=tuple(d for d in request.new_digests if d not in open_digests),
+                trade_cursor=cursor,
+                open_client_order_ids=tuple(now_open) if cold else None,
+                requests=counter[0],
+            )
+
+        return await self._call(request.account, call)
+
+    @activity.defn
+    async def scan_open_orders(self, request: ScanRequest) -> tuple[ExchangeOrder, ...]:
+        """Every open order of the account on these symbols, ours or not."""
+
+        async def call(client: Any) -> tuple[ExchangeOrder, ...]:
+            orders: list[ExchangeOrder] = []
+            for symbol in request.symbols:
+                orders.extend(
+                    to_exchange_order(raw) for raw in await client.fetch_open_orders(symbol)
+                )
+            return tuple(orders)
+
+        return await self._call(request.account, call)
+
     def all(self) -> list[Callable[..., Any]]:
         return [
+            self.scan_open_orders,
+            self.sync_account,
             self.load_market,
             self.place_order,
             self.amend_order,
             self.cancel_order,
             self.fetch_order,
         ]
+
+
+class OpenOrderMark(Value):
+    symbol: str
+    filled: Decimal
+    status: ExchangeOrderStatus
 
 
 def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, dict[str, Any]]:

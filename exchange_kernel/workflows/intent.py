@@ -32,10 +32,16 @@ with workflow.unsafe.imports_passed_through():
         IntentStatus,
         MarketRequest,
         MarketRules,
+        MemberUpdate,
         OrderLookup,
         OrderRequest,
         Placement,
+        WatchRequest,
+        account_sync_id,
+        group_workflow_id,
+        intent_digest,
     )
+    from exchange_kernel.worker.metrics import IntentMetrics
 
 EXCHANGE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -44,14 +50,18 @@ EXCHANGE_RETRY = RetryPolicy(
 )
 # How long one exchange call may keep retrying before the workflow treats its outcome as unknown.
 EXCHANGE_CALL_BUDGET = timedelta(minutes=5)
-EXCHANGE_CALL_TIMEOUT = timedelta(seconds=30)
+# ccxt times out a request after 10 s; a worker killed mid-call is noticed after this.
+EXCHANGE_CALL_TIMEOUT = timedelta(seconds=15)
 # Consecutive exchange calls that exhausted their budget before the intent is given up (failed).
 MAX_UNANSWERED_CALLS = 3
 
 
-def _rejection(error: ActivityError) -> str | None:
-    """The exchange's refusal, if the activity failed with a non-retryable exchange error."""
-    cause = error.cause
+def _rejection(error: ActivityError | ApplicationError) -> str | None:
+    """The exchange's refusal, if the activity failed with a non-retryable exchange error.
+
+    A failed local activity surfaces as the ApplicationError itself, a regular activity as an
+    ActivityError caused by it."""
+    cause = error if isinstance(error, ApplicationError) else error.cause
     if isinstance(cause, ApplicationError) and cause.non_retryable:
         return cause.message
     return None
@@ -62,6 +72,7 @@ class OrderIntentWorkflow:
     @workflow.init
     def __init__(self, start: IntentStart) -> None:
         self.start_input = start
+        self.metrics = IntentMetrics(start, workflow.info().workflow_start_time)
         self.state = start.state or IntentState(intent=start.intent, desired=start.intent.order)
         self.dirty = False
         self.inbox: list[ExchangeOrder] = []
@@ -69,6 +80,10 @@ class OrderIntentWorkflow:
         self.published: dict[str, object] = {}
         self.last_error = ""
         self.resync_requested = False
+        self.watched = start.watched
+        self.watch_refused = False
+        self.group_missing = False
+        self.reported: tuple[object, ...] = ()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -99,6 +114,11 @@ class OrderIntentWorkflow:
         """An observation pushed from outside (the account-level sync)."""
         self.inbox.append(order)
         self.dirty = True
+
+    @workflow.signal
+    def halted(self, reason: str | None) -> None:
+        """The account's kill switch (from the account sync): refuse changes adding risk."""
+        self.state = reconcile.set_halted(self.state, reason, workflow.now())
 
     @workflow.signal
     def resync(self) -> None:
@@ -146,9 +166,15 @@ class OrderIntentWorkflow:
             self.state = self.state.model_copy(update={"rules": rules})
 
         while True:
+            # Cleared before deciding: a signal or update landing anywhere after this point
+            # (even during an await below) wakes the next wait instead of being lost.
+            self.dirty = False
             self._take_inbox()
+            if self._expired() and not self.state.expiring:
+                self.state = reconcile.request_expiry(self.state, workflow.now())
             action = reconcile.plan(self.state)
             self._publish()
+            await self._report_to_group()
             if isinstance(action, reconcile.Finish):
                 return await self._finish(action)
             if self.unanswered >= MAX_UNANSWERED_CALLS:
@@ -162,16 +188,28 @@ class OrderIntentWorkflow:
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self._take_inbox()
-                workflow.continue_as_new(start.model_copy(update={"state": self.state}))
+                workflow.continue_as_new(
+                    start.model_copy(update={"state": self.state, "watched": self.watched})
+                )
             if isinstance(action, reconcile.Wait):
-                self.dirty = False
+                if not self.watched and self.state.live_placement is not None:
+                    self.watched = await self._watch()
+                # Watched by the account sync: it tells us when our order changes, so no
+                # per-intent polling (exchange load stays flat in the number of resting
+                # intents). Otherwise poll with backoff.
+                timeout = None if self.watched else poll
+                until_expiry = self._until_expiry()
+                if until_expiry is not None:
+                    timeout = until_expiry if timeout is None else min(timeout, until_expiry)
                 try:
                     await workflow.wait_condition(
                         lambda: self.dirty,
-                        timeout=poll,
-                        timeout_summary="next look at the exchange",
+                        timeout=timeout,
+                        timeout_summary="next look at the exchange, or expiry",
                     )
                 except TimeoutError:
+                    if self._expired():
+                        continue
                     poll = min(poll * 2, start.poll_ceiling)
                     await self._look_at_live_order()
                     continue
@@ -181,6 +219,64 @@ class OrderIntentWorkflow:
                 continue
             await self._execute(action)
             poll = start.poll_first
+
+    async def _report_to_group(self) -> None:
+        """Tell the intent's group (OCO, bracket) how far it has filled and where it stands."""
+        group_id = self.state.intent.group_id
+        report = (self.state.filled, self.state.status)
+        if group_id is None or self.group_missing or report == self.reported:
+            return
+        self.reported = report
+        handle = workflow.get_external_workflow_handle(group_workflow_id(group_id))
+        update = MemberUpdate(
+            intent_id=self.state.intent.intent_id,
+            filled=self.state.filled,
+            status=self.state.status,
+        )
+        try:
+            await handle.signal("member_update", update)
+        except Exception:
+            # A group id used as a plain label, with no group workflow: nothing to tell.
+            self.group_missing = True
+
+    def _expired(self) -> bool:
+        expires_at = self.state.intent.expires_at
+        return expires_at is not None and workflow.now() >= expires_at
+
+    def _until_expiry(self) -> timedelta | None:
+        expires_at = self.state.intent.expires_at
+        if expires_at is None or self.state.expiring:
+            return None
+        return max(expires_at - workflow.now(), timedelta(milliseconds=1))
+
+    async def _watch(self) -> bool:
+        """Register with the account sync; False (poll instead) if there is none."""
+        if self.watch_refused:
+            return False
+        intent = self.state.intent
+        live = self.state.live_placement
+        if live is None or intent_digest(intent.intent_id) not in live.client_order_id:
+            # An adopted order carries another client order id: the sync cannot map it to us.
+            return False
+        handle = workflow.get_external_workflow_handle(account_sync_id(intent.account))
+        try:
+            await handle.signal(
+                "watch", WatchRequest(intent_id=intent.intent_id, symbol=self.state.desired.symbol)
+            )
+        except Exception as exc:  # the sync is not running: fall back to polling
+            self.watch_refused = True
+            self._note("polling", f"no account sync to watch this intent: {exc}")
+            return False
+        return True
+
+    async def _unwatch(self) -> None:
+        intent = self.state.intent
+        handle = workflow.get_external_workflow_handle(account_sync_id(intent.account))
+        try:
+            await handle.signal("unwatch", intent.intent_id)
+        except Exception:
+            pass
+        self.watched = False
 
     def _take_inbox(self) -> None:
         now = workflow.now()
@@ -222,6 +318,7 @@ class OrderIntentWorkflow:
             account=self.state.intent.account,
             replaces_client_order_id=old.client_order_id,
             replaces_exchange_order_id=old.order.exchange_order_id,
+            replaces_filled=old.order.filled,
             order=self._order_request(new),
         )
         summary = f"amend {old.client_order_id} -> {new.client_order_id}: {self._describe(new)}"
@@ -237,6 +334,8 @@ class OrderIntentWorkflow:
             self.state = reconcile.observe(self.state, result.replaced, now)
         if result.order is not None:
             self.state = reconcile.observe(self.state, result.order, now)
+        elif result.replaced is not None and result.replaced.status.is_live:
+            self.state = reconcile.amend_skipped(self.state, old.number, new.number, now)
         else:
             self.state = reconcile.observe_absent(self.state, new.number, now)
 
@@ -284,11 +383,21 @@ class OrderIntentWorkflow:
     async def _load_rules(self) -> MarketRules | None:
         request = MarketRequest(account=self.state.intent.account, symbol=self.state.desired.symbol)
         try:
-            return await self._call(
-                "load_market", request, MarketRules, f"market rules of {request.symbol}"
+            # A local activity: the rules are read in the same workflow task, with no extra
+            # round trip through the server before the first placement (ccxt caches markets).
+            rules = await workflow.execute_local_activity(
+                "load_market",
+                request,
+                result_type=MarketRules,
+                start_to_close_timeout=EXCHANGE_CALL_TIMEOUT,
+                schedule_to_close_timeout=EXCHANGE_CALL_BUDGET,
+                retry_policy=EXCHANGE_RETRY,
+                summary=f"market rules of {request.symbol}",
             )
-        except ActivityError as error:
-            reason = _rejection(error) or f"could not load market rules: {error.cause}"
+            self.unanswered = 0
+            return rules
+        except (ActivityError, ApplicationError) as error:
+            reason = _rejection(error) or f"could not load market rules: {error}"
             status = IntentStatus.REJECTED if _rejection(error) else IntentStatus.FAILED
             self.state = reconcile.finish(
                 self.state, reconcile.Finish(status=status, reason=reason), workflow.now()
@@ -329,7 +438,10 @@ class OrderIntentWorkflow:
         return await self._finish_now()
 
     async def _finish_now(self) -> IntentState:
+        if self.watched:
+            await self._unwatch()
         self._publish()
+        await self._report_to_group()
         # Let in-flight updates answer before the workflow closes.
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.state
@@ -337,6 +449,7 @@ class OrderIntentWorkflow:
     def _publish(self) -> None:
         """Keep search attributes and memo current; upsert only what changed (each is an event)."""
         state = self.state
+        self.metrics.observe(workflow.metric_meter(), state, workflow.now())
         values: dict[str, object] = {
             "status": state.status.value,
             "reconciliation": state.reconciliation_status.value,
@@ -359,11 +472,9 @@ class OrderIntentWorkflow:
             self.published["summary"] = summary
 
     def _summary(self) -> str:
-        state = self.state
-        text = f"{state.desired.summary()} [{state.status.value}"
-        if state.filled:
-            text += f", filled {state.filled}"
-        return text + "]"
+        # The desired order only: the memo changes (one history event) when a modification
+        # does; status and fills are in the search attributes and the state query.
+        return self.state.desired.summary()
 
     def _note(self, action: str, reason: str) -> None:
         record = ActionRecord(at=workflow.now(), action=action, reason=reason)

@@ -1,0 +1,289 @@
+"""AccountSyncWorkflow: one per account, observing the account's orders in bulk.
+
+Resting intents register here (`watch`) and stop polling their own orders. Each round asks the
+exchange for the open orders and the new trades of the watched symbols (a cost per round that
+does not grow with the number of resting intents), and signals `observed` to exactly the
+intents whose orders changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from exchange_kernel.models import (
+        ExchangeOrder,
+        HaltRequest,
+        OrderLookup,
+        ScanRequest,
+        SyncRequest,
+        SyncResult,
+        Value,
+        WatchRequest,
+        halt_scope,
+        intent_digest,
+        workflow_id_for,
+    )
+
+SYNC_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+
+
+class AccountSyncStart(Value):
+    """The workflow's input; on continue-as-new, also what it carries over."""
+
+    account: str
+    interval: timedelta = timedelta(seconds=2)
+    watched: dict[str, str] = {}  # intent id -> symbol
+    trade_cursor: dict[str, str] = {}
+    round: int = 0
+    # The kill switch, durable here: scope ("*" = the whole account, or a symbol) -> reason.
+    halts: dict[str, str] = {}
+    # Scopes halted with --cancel-all: intents that start resting there are cancelled too.
+    cancel_all: tuple[str, ...] = ()
+
+
+class AccountSyncStatus(Value):
+    account: str
+    watched: int
+    symbols: tuple[str, ...]
+    round: int
+    last_round_at: datetime | None
+    last_error: str | None
+    signals_sent: int
+
+
+def intent_id_of(digests: tuple[str, ...], watched: dict[str, str]) -> set[str]:
+    wanted = set(digests)
+    return {intent_id for intent_id in watched if intent_digest(intent_id) in wanted}
+
+
+def digest_of(client_order_id: str) -> str | None:
+    parts = client_order_id.split("-")
+    return parts[1] if len(parts) == 3 and parts[0] == "ek" else None
+
+
+@workflow.defn(name="AccountSync")
+class AccountSyncWorkflow:
+    @workflow.init
+    def __init__(self, start: AccountSyncStart) -> None:
+        self.start = start
+        self.watched: dict[str, str] = dict(start.watched)
+        self.trade_cursor = dict(start.trade_cursor)
+        self.round = start.round
+        self.sync_requested = False
+        self.last_round_at: datetime | None = None
+        self.last_error: str | None = None
+        self.signals_sent = 0
+        self.halt_reasons: dict[str, str] = dict(start.halts)
+        self.cancel_all: tuple[str, ...] = tuple(start.cancel_all)
+        # Watched since the last round: the round checks each has an open order.
+        self.fresh: set[str] = set(start.watched)
+
+    @workflow.signal
+    async def watch(self, request: WatchRequest) -> None:
+        self.watched[request.intent_id] = request.symbol
+        self.fresh.add(request.intent_id)
+        reason = self._halt_reason(request.symbol)
+        if reason is not None:
+            await self._signal(request.intent_id, "halted", reason)
+            if {"*", request.symbol} & set(self.cancel_all):
+                await self._signal(request.intent_id, "cancel", f"kill switch: {reason}")
+
+    @workflow.update
+    async def halt(self, request: HaltRequest) -> dict[str, str]:
+        """Refuse new risk in scope; with cancel_all, cancel every live intent in scope."""
+        scope = halt_scope(request.symbol)
+        self.halt_reasons[scope] = request.reason
+        if request.cancel_all and scope not in self.cancel_all:
+            self.cancel_all = (*self.cancel_all, scope)
+        self._publish_halts()
+        sends = []
+        for intent_id, symbol in list(self.watched.items()):
+            if scope in ("*", symbol):
+                sends.append(self._signal(intent_id, "halted", request.reason))
+                if request.cancel_all:
+                    sends.append(
+                        self._signal(intent_id, "cancel", f"kill switch: {request.reason}")
+                    )
+        await asyncio.gather(*sends)
+        return dict(self.halt_reasons)
+
+    @workflow.update
+    async def resume(self, symbol: str | None) -> dict[str, str]:
+        scope = halt_scope(symbol)
+        self.halt_reasons.pop(scope, None)
+        self.cancel_all = tuple(s for s in self.cancel_all if s != scope)
+        self._publish_halts()
+        sends = [
+            self._signal(intent_id, "halted", self._halt_reason(watched_symbol))
+            for intent_id, watched_symbol in self.watched.items()
+            if scope in ("*", watched_symbol)
+        ]
+        await asyncio.gather(*sends)
+        return dict(self.halt_reasons)
+
+    @workflow.update
+    async def scan(self, symbols: tuple[str, ...]) -> tuple[ExchangeOrder, ...]:
+        """Every open order on the watched symbols and `symbols` (the client tells orphans
+        apart with visibility: an intent may be watched here yet gone, e.g. terminated)."""
+        request = ScanRequest(
+            account=self.start.account,
+            symbols=tuple(sorted(set(symbols) | set(self.watched.values()))),
+        )
+        orders = await workflow.execute_activity(
+            "scan_open_orders",
+            request,
+            result_type=tuple[ExchangeOrder, ...],
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=SYNC_RETRY,
+            summary=f"scan open orders of {request.account} for orphans",
+        )
+        return orders
+
+    @workflow.update
+    async def cancel_orphan(self, lookup: OrderLookup) -> ExchangeOrder | None:
+        """Cancel an order no intent owns (by client order id), and report how it ended."""
+        return await workflow.execute_activity(
+            "cancel_order",
+            lookup,
+            result_type=ExchangeOrder | None,
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(minutes=5),
+            retry_policy=SYNC_RETRY,
+            summary=f"cancel orphan {lookup.client_order_id}",
+        )
+
+    @workflow.query(name="halts")
+    def query_halts(self) -> dict[str, str]:
+        return dict(self.halt_reasons)
+
+    def _publish_halts(self) -> None:
+        # In the memo, so a client reads it with a describe (served by the Temporal server)
+        # instead of a query that waits for a worker: submit stays fast under load.
+        workflow.upsert_memo({"halts": dict(self.halt_reasons)})
+
+    def _halt_reason(self, symbol: str) -> str | None:
+        return self.halt_reasons.get(symbol) or self.halt_reasons.get("*")
+
+    @workflow.signal
+    def unwatch(self, intent_id: str) -> None:
+        self.watched.pop(intent_id, None)
+
+    @workflow.signal
+    def sync_now(self) -> None:
+        self.sync_requested = True
+
+    @workflow.query
+    def status(self) -> AccountSyncStatus:
+        return AccountSyncStatus(
+            account=self.start.account,
+            watched=len(self.watched),
+            symbols=self._symbols(),
+            round=self.round,
+            last_round_at=self.last_round_at,
+            last_error=self.last_error,
+            signals_sent=self.signals_sent,
+        )
+
+    @workflow.run
+    async def run(self, start: AccountSyncStart) -> None:
+        if self.halt_reasons:
+            self._publish_halts()  # carried over a continue-as-new
+        while True:
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    start.model_copy(
+                        update={
+                            "watched": self.watched,
+                            "trade_cursor": self.trade_cursor,
+                            "round": self.round,
+                            "halts": self.halt_reasons,
+                            "cancel_all": self.cancel_all,
+                        }
+                    )
+                )
+            if self.watched:
+                await self._round()
+            self.sync_requested = False
+            try:
+                await workflow.wait_condition(
+                    lambda: self.sync_requested,
+                    timeout=start.interval,
+                    timeout_summary="next sync round",
+                )
+            except TimeoutError:
+                pass
+
+    def _symbols(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.watched.values())))
+
+    async def _round(self) -> None:
+        self.round += 1
+        request = SyncRequest(
+            account=self.start.account,
+            symbols=self._symbols(),
+            round=self.round,
+            trade_cursor=self.trade_cursor,
+            new_digests=tuple(sorted(intent_digest(i) for i in self.fresh if i in self.watched)),
+        )
+        self.fresh = set()
+        try:
+            result = await workflow.execute_activity(
+                "sync_account",
+                request,
+                result_type=SyncResult,
+                # Short: a worker killed mid-round must not leave the account unobserved long.
+                start_to_close_timeout=timedelta(seconds=20),
+                schedule_to_close_timeout=timedelta(minutes=5),
+                retry_policy=SYNC_RETRY,
+                summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
+            )
+        except ActivityError as error:
+            self.last_error = str(error.cause or error)
+            self.fresh.update(intent_id_of(request.new_digests, self.watched))
+            return
+        self.last_error = None
+        self.last_round_at = workflow.now()
+        self.trade_cursor = dict(result.trade_cursor)
+        by_digest = {intent_digest(intent_id): intent_id for intent_id in self.watched}
+        sends = []
+        for order in result.changed:
+            intent_id = by_digest.get(digest_of(order.client_order_id) or "")
+            if intent_id is not None:
+                sends.append(self._signal(intent_id, "observed", order))
+        for digest in result.not_open:
+            # Filled or cancelled before this sync ever saw it open: let the intent look.
+            intent_id = by_digest.get(digest)
+            if intent_id is not None:
+                sends.append(self._signal(intent_id, "resync", None))
+        if result.open_client_order_ids is not None:
+            # No snapshot to diff against: every watched intent without an open order may
+            # have missed something; let each look for itself once.
+            open_digests = {digest_of(cid) for cid in result.open_client_order_ids}
+            for digest, intent_id in by_digest.items():
+                if digest not in open_digests:
+                    sends.append(self._signal(intent_id, "resync", None))
+        if sends:
+            await asyncio.gather(*sends)
+
+    async def _signal(self, intent_id: str, name: str, arg: object) -> None:
+        handle = workflow.get_external_workflow_handle(workflow_id_for(intent_id))
+        try:
+            if arg is None and name == "resync":
+                await handle.signal(name)
+            else:
+                await handle.signal(name, arg)
+            self.signals_sent += 1
+        except Exception:
+            # The intent has finished (and its unwatch is on the way or lost): stop watching.
+            self.watched.pop(intent_id, None)

@@ -1,0 +1,149 @@
+"""Contingent orders on the paper exchange: OCO (including the race where both legs fill) and
+brackets sized to the entry's partial fills."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from exchange_kernel.client import IntentClient
+from exchange_kernel.models import (
+    GroupKind,
+    IntentGroup,
+    IntentStatus,
+    OrderIntent,
+    OrderSpec,
+)
+from tests.conftest import Paper
+from tests.test_intents import resting
+
+
+def group_id() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def leg(gid: str, name: str, side: str, price: str, amount: str = "0.01") -> OrderIntent:
+    return OrderIntent(
+        intent_id=f"{gid}.{name}",
+        account="paper",
+        order=OrderSpec(symbol="BTC/USDT", side=side, amount=amount, price=price),
+    )
+
+
+async def wait_group(intents: IntentClient, gid: str, condition, within: float = 30):
+    async with asyncio.timeout(within):
+        while True:
+            state = await intents.group_state(gid)
+            if condition(state):
+                return state
+            await asyncio.sleep(0.1)
+
+
+async def test_oco_fill_cancels_the_other_leg(intents: IntentClient, paper: Paper) -> None:
+    await paper.move_price("BTC/USDT", "30000")
+    gid = group_id()
+    group = IntentGroup(
+        group_id=gid,
+        account="paper",
+        kind=GroupKind.OCO,
+        members=(leg(gid, "dip", "buy", "29000"), leg(gid, "rip", "sell", "31000")),
+    )
+    await intents.submit_group(group)
+    for member in group.members:
+        await intents.wait_for(member.intent_id, resting)
+    await paper.move_price("BTC/USDT", "28990")
+    final = await asyncio.wait_for(intents.group_result(gid), 30)
+    assert final.triggered_by == f"{gid}.dip"
+    assert final.overfill == {}
+    assert (await intents.state(f"{gid}.dip")).status is IntentStatus.FILLED
+    other = await intents.state(f"{gid}.rip")
+    assert other.status is IntentStatus.CANCELED
+    assert "OCO" in (other.outcome_reason or "")
+
+
+async def test_oco_race_both_legs_fill_in_one_move_is_reported_as_overfill(
+    intents: IntentClient, paper: Paper
+) -> None:
+    await paper.move_price("BTC/USDT", "30000")
+    gid = group_id()
+    group = IntentGroup(
+        group_id=gid,
+        account="paper",
+        kind=GroupKind.OCO,
+        members=(leg(gid, "near", "buy", "29500"), leg(gid, "far", "buy", "29400")),
+    )
+    await intents.submit_group(group)
+    for member in group.members:
+        await intents.wait_for(member.intent_id, resting)
+    await paper.move_price("BTC/USDT", "29300")  # one move fills both before any cancel
+    final = await asyncio.wait_for(intents.group_result(gid), 30)
+    assert final.triggered_by is not None
+    loser = f"{gid}.far" if final.triggered_by == f"{gid}.near" else f"{gid}.near"
+    assert final.overfill == {loser: Decimal("0.01")}
+    assert any("overfill" in note for note in final.notes)
+
+
+async def test_bracket_protects_exactly_the_filled_amount(
+    intents: IntentClient, paper: Paper
+) -> None:
+    await paper.move_price("ETH/USDT", "2000")
+    gid = group_id()
+    group = IntentGroup(
+        group_id=gid,
+        account="paper",
+        kind=GroupKind.BRACKET,
+        entry=OrderSpec(symbol="ETH/USDT", side="buy", amount="1", price="1990"),
+        take_profit=Decimal("2100"),
+        stop_loss=Decimal("1900"),
+        stop_loss_limit=Decimal("1895"),
+    )
+    await intents.submit_group(group)
+    await intents.wait_for(group.leg_id("entry"), resting)
+
+    await paper.move_price("ETH/USDT", "1990", volume="0.4")
+    for name in ("take_profit", "stop_loss"):
+        state = await intents.wait_for(
+            group.leg_id(name),
+            lambda s: resting(s) and s.desired.amount == Decimal("0.4"),
+            within=timedelta(seconds=30),
+        )
+        assert state.placements[-1].order is not None
+    stop = await intents.state(group.leg_id("stop_loss"))
+    assert stop.desired.stop_price == Decimal("1900")
+
+    await paper.move_price("ETH/USDT", "1990", volume="0.3")
+    for name in ("take_profit", "stop_loss"):
+        await intents.wait_for(
+            group.leg_id(name),
+            lambda s: resting(s) and s.desired.amount == Decimal("0.7"),
+            within=timedelta(seconds=30),
+        )
+
+    await paper.move_price("ETH/USDT", "2100")  # take profit on the 0.7 held
+    tp = await asyncio.wait_for(intents.result(group.leg_id("take_profit")), 30)
+    assert tp.status is IntentStatus.FILLED and tp.filled == Decimal("0.7")
+    sl = await asyncio.wait_for(intents.result(group.leg_id("stop_loss")), 30)
+    assert sl.status is IntentStatus.CANCELED and sl.filled == 0
+
+    await intents.cancel_group(gid, "done for today")
+    final = await asyncio.wait_for(intents.group_result(gid), 30)
+    entry = await intents.state(group.leg_id("entry"))
+    assert entry.status is IntentStatus.CANCELED
+    assert entry.filled == Decimal("0.7")
+    assert final.overfill == {}
+
+
+def test_bracket_with_stop_above_take_profit_is_refused() -> None:
+    with pytest.raises(ValueError, match="stop_loss must be below take_profit"):
+        IntentGroup(
+            group_id="bad",
+            account="paper",
+            kind=GroupKind.BRACKET,
+            entry=OrderSpec(symbol="ETH/USDT", side="buy", amount="1", price="1990"),
+            take_profit=Decimal("1900"),
+            stop_loss=Decimal("2100"),
+        )
