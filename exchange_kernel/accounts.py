@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class AccountConfig(Value):
     # of cancel, confirm, place. Opt-in: the replacement is sized from the fills seen before
     # the call, so fills landing in between can overfill (docs/reliability.md).
     native_amend: bool = False
+    # Pre-trade limit: an intent (or a modification) whose notional, amount x price in the
+    # quote currency, is above this is rejected naming the limit.
+    max_notional_per_intent: Decimal | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     client_id_lookup: bool | None = Field(
         default=None,

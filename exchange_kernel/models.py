@@ -361,6 +361,8 @@ class MarketRules(Value):
     min_notional: Money | None = None
     max_notional: Money | None = None
     native_amend: bool = False
+    # The account's own pre-trade limit (accounts file), not the exchange's.
+    account_max_notional: Money | None = None
 
     def violations(self, spec: OrderSpec, amount: Decimal | None = None) -> list[str]:
         """Rules `spec` breaks (with `amount` instead of its own, if given); empty when valid."""
@@ -387,6 +389,12 @@ class MarketRules(Value):
                 broken.append(
                     f"notional {notional} (amount x price) is below the minimum notional "
                     f"{self.min_notional}"
+                )
+            whole = spec.amount * spec.price
+            if self.account_max_notional and whole > self.account_max_notional:
+                broken.append(
+                    f"notional {whole} is above the account's pre-trade limit "
+                    f"max_notional_per_intent = {self.account_max_notional}"
                 )
             if self.max_notional and notional > self.max_notional:
                 broken.append(

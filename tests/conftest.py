@@ -76,6 +76,13 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
     return {
         # native amend (opted in): ccxt's binance edits with cancelReplace
         "paper": AccountConfig(name="paper", base_url=base_url, native_amend=True, **common),
+        # with a pre-trade limit from the accounts file
+        "paper-limited": AccountConfig(
+            name="paper-limited",
+            base_url=base_url,
+            max_notional_per_intent=Decimal("1000"),
+            **common,
+        ),
         # the cancel -> confirm -> place path, for exchanges without an edit
         "paper-replace": AccountConfig(
             name="paper-replace",

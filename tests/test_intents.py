@@ -303,3 +303,23 @@ async def test_worker_restart_mid_intent_completes(
     await second_pool.close()
     assert final.status is IntentStatus.FILLED
     assert len(await exchange_orders(paper, intent)) == 1
+
+
+async def test_pre_trade_limit_rejects_at_submission_and_at_modification(
+    intents: IntentClient, paper: Paper
+) -> None:
+    await paper.move_price("BTC/USDT", "30000")
+    too_big = new_intent(amount="0.1", price="29000", account="paper-limited")  # 2900 USDT
+    await intents.submit(too_big)
+    final = await intents.result(too_big.intent_id)
+    assert final.status is IntentStatus.REJECTED
+    assert "max_notional_per_intent = 1000" in (final.outcome_reason or "")
+    assert await exchange_orders(paper, too_big) == []
+
+    small = new_intent(amount="0.01", price="29000", account="paper-limited")  # 290 USDT
+    await intents.submit(small)
+    await intents.wait_for(small.intent_id, resting)
+    with pytest.raises(IntentRejected, match="max_notional_per_intent"):
+        await intents.modify(small.intent_id, amount="0.05")
+    await intents.cancel(small.intent_id)
+    await intents.result(small.intent_id)

@@ -73,7 +73,12 @@ class ExchangeActivities:
             rules = market_rules(client, market)
             config = self.pool.accounts.get(request.account)
             opted_in = config is not None and config.native_amend
-            return rules.model_copy(update={"native_amend": rules.native_amend and opted_in})
+            return rules.model_copy(
+                update={
+                    "native_amend": rules.native_amend and opted_in,
+                    "account_max_notional": config.max_notional_per_intent if config else None,
+                }
+            )
 
         return await self._call(request.account, call)
 
