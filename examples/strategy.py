@@ -93,7 +93,8 @@ async def main(address: str, paper_url: str, run_id: str) -> None:
             "-" if average is None else f"{average.normalize():f}",
             str(len(state.placements)),
         )
-    Console().print(table)
+    # Wide enough for the table even when stdout is not a terminal (make demo | tee ...).
+    Console(width=None if sys.stdout.isatty() else 130).print(table)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,12 @@ async def connect(
 
     `runtime`: e.g. `worker.metrics.metrics_runtime(port)`, whose Prometheus endpoint then serves
     this client's and its workers' metrics (default: the SDK's runtime, no metrics endpoint)."""
-    config = ClientConfig.load_client_connect_config(profile=profile)
+    try:
+        config = ClientConfig.load_client_connect_config(profile=profile)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise TemporalUnreachable(
+            f"cannot read the Temporal connection settings (profile {profile or 'default'}): {exc}"
+        ) from None
     config.setdefault("target_host", DEFAULT_ADDRESS)
     if address:
         config["target_host"] = address
@@ -46,6 +51,8 @@ async def connect(
             Client.connect(**config, data_converter=pydantic_data_converter, runtime=runtime),
             connect_timeout.total_seconds(),
         )
+    except ValueError as exc:  # e.g. an invalid port in the address
+        raise TemporalUnreachable(f"invalid Temporal address {target!r}: {exc}") from None
     except (TimeoutError, RuntimeError, OSError) as exc:
         raise TemporalUnreachable(
             f"cannot reach the Temporal server at {target} ({exc}). Start one with "

@@ -383,19 +383,11 @@ class OrderIntentWorkflow:
     async def _load_rules(self) -> MarketRules | None:
         request = MarketRequest(account=self.state.intent.account, symbol=self.state.desired.symbol)
         try:
-            # A local activity: the rules are read in the same workflow task, with no extra
-            # round trip through the server before the first placement (ccxt caches markets).
-            rules = await workflow.execute_local_activity(
-                "load_market",
-                request,
-                result_type=MarketRules,
-                start_to_close_timeout=EXCHANGE_CALL_TIMEOUT,
-                schedule_to_close_timeout=EXCHANGE_CALL_BUDGET,
-                retry_policy=EXCHANGE_RETRY,
-                summary=f"market rules of {request.symbol}",
+            # A regular activity, not a local one: during an exchange outage its attempts and
+            # last failure show as a pending activity in the UI, and queries keep answering.
+            return await self._call(
+                "load_market", request, MarketRules, f"market rules of {request.symbol}"
             )
-            self.unanswered = 0
-            return rules
         except (ActivityError, ApplicationError) as error:
             reason = _rejection(error) or f"could not load market rules: {error}"
             status = IntentStatus.REJECTED if _rejection(error) else IntentStatus.FAILED
