@@ -13,7 +13,15 @@ from decimal import Context, Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 MAX_DECIMALS = 18
 MAX_MAGNITUDE = Decimal("1e15")
@@ -53,6 +61,19 @@ def _refuse_float(value: object) -> object:
 
 
 Money = Annotated[Decimal, BeforeValidator(_refuse_float)]
+
+
+ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _identifier(value: str) -> str:
+    if not ID_RE.fullmatch(value):
+        raise ValueError(f"must be 1-128 characters of letters, digits and . _ : - (got {value!r})")
+    return value
+
+
+# Intent, group, account and strategy ids: they end up in workflow ids and search attributes.
+Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 class Side(StrEnum):
@@ -128,7 +149,6 @@ class ExchangeOrderStatus(StrEnum):
 
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
-ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class OrderSpec(Value):
@@ -210,11 +230,11 @@ class OrderSpec(Value):
 class OrderIntent(Value):
     """A durable wish: keep this order on this account until it is done."""
 
-    intent_id: str
-    account: str
+    intent_id: Identifier
+    account: Identifier
     order: OrderSpec
-    group_id: str | None = None
-    strategy_id: str | None = None
+    group_id: Identifier | None = None
+    strategy_id: Identifier | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     on_external_cancel: ExternalCancelPolicy = ExternalCancelPolicy.FINISH
     expires_at: datetime | None = Field(
@@ -226,24 +246,6 @@ class OrderIntent(Value):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.utcoffset() is None:
             raise ValueError("expires_at needs a time zone (e.g. 2026-01-01T12:00:00Z)")
-        return value
-
-    @field_validator("intent_id", "account")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not ID_RE.fullmatch(value):
-            raise ValueError(
-                f"must be 1-128 characters of letters, digits and . _ : - (got {value!r})"
-            )
-        return value
-
-    @field_validator("group_id", "strategy_id")
-    @classmethod
-    def _optional_identifier(cls, value: str | None) -> str | None:
-        if value is not None and not ID_RE.fullmatch(value):
-            raise ValueError(
-                f"must be 1-128 characters of letters, digits and . _ : - (got {value!r})"
-            )
         return value
 
     @field_validator("tags")
@@ -657,10 +659,10 @@ class OcoTrigger(StrEnum):
 class IntentGroup(Value):
     """Intents whose fate is linked. Every member is an ordinary intent as well."""
 
-    group_id: str
-    account: str
+    group_id: Identifier
+    account: Identifier
     kind: GroupKind
-    strategy_id: str | None = None
+    strategy_id: Identifier | None = None
     # OCO
     members: tuple[OrderIntent, ...] = ()
     trigger: OcoTrigger = OcoTrigger.FIRST_FILL
@@ -669,13 +671,6 @@ class IntentGroup(Value):
     take_profit: Money | None = None
     stop_loss: Money | None = None
     stop_loss_limit: Money | None = None
-
-    @field_validator("group_id", "account")
-    @classmethod
-    def _identifier(cls, value: str) -> str:
-        if not ID_RE.fullmatch(value):
-            raise ValueError(f"must be 1-128 characters of letters, digits and . _ : - ({value!r})")
-        return value
 
     @model_validator(mode="after")
     def _shape(self) -> Self:
