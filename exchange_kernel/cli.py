@@ -56,7 +56,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # one error, one line: scripts grep it
 T = TypeVar("T")
 
 AddressOption = Annotated[

@@ -71,7 +71,6 @@ def _rejection(error: ActivityError | ApplicationError) -> str | None:
 class OrderIntentWorkflow:
     @workflow.init
     def __init__(self, start: IntentStart) -> None:
-        self.start_input = start
         self.metrics = IntentMetrics(start, workflow.info().workflow_start_time)
         self.state = start.state or IntentState(intent=start.intent, desired=start.intent.order)
         self.dirty = False
