@@ -116,3 +116,28 @@ async def test_intent_submitted_after_its_deadline_expires_without_an_order(
     final = await expiry_worker.wait_for(intent.intent_id, lambda s: s.status.is_terminal)
     assert final.status is IntentStatus.EXPIRED
     assert final.placements == ()
+
+
+async def test_polling_backs_off_to_its_ceiling(
+    skipping_env: WorkflowEnvironment, expiry_worker: IntentClient, paper: Paper
+) -> None:
+    """Without an account sync, a resting intent looks at its order after 1 s, then doubling,
+    never less often than every 30 s (the timers in its history say so)."""
+    intents = expiry_worker
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="21000", account="paper-replace")  # no sync for this account
+    with skipping_env.auto_time_skipping_disabled():
+        await intents.submit(intent)
+        await intents.wait_for(intent.intent_id, lambda s: s.status is IntentStatus.OPEN)
+    await skipping_env.sleep(timedelta(minutes=4))
+    history = await skipping_env.client.get_workflow_handle(intent.workflow_id).fetch_history()
+    timers = [
+        event.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        for event in history.events
+        if event.HasField("timer_started_event_attributes")
+    ]
+    seconds = [t.total_seconds() for t in timers]
+    assert seconds[:6] == [1, 2, 4, 8, 16, 30], seconds
+    assert all(s == 30 for s in seconds[6:]), seconds
+    assert len(seconds) >= 8
+    await intents.signal_cancel(intent.intent_id)
