@@ -7,7 +7,7 @@ import itertools
 import json
 import signal
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -31,14 +31,12 @@ from exchange_kernel.models import (
     ID_RE,
     ExternalCancelPolicy,
     GroupKind,
-    GroupState,
     IntentChange,
     IntentGroup,
     IntentState,
     OrderIntent,
     OrderSpec,
     OrderType,
-    Orphan,
     Side,
     TimeInForce,
 )
@@ -101,6 +99,18 @@ def run(coroutine: Awaitable[T]) -> T:
         raise fail(validation_message(exc), 2) from None
     except (IntentRejected, AlreadyExistsError, IntentNotFound, AccountConfigError) as exc:
         raise fail(str(exc), 2) from None
+
+
+def with_client(
+    address: str | None, namespace: str | None, action: Callable[[IntentClient], Awaitable[T]]
+) -> T:
+    """Connect an IntentClient, run one call, turn the usual failures into clear errors."""
+
+    async def main() -> T:
+        client = await IntentClient.connect(address, namespace)
+        return await action(client)
+
+    return run(main())
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -273,11 +283,7 @@ def submit(
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    async def main() -> IntentState:
-        client = await IntentClient.connect(address, namespace)
-        return await client.submit(intent)
-
-    state = run(main())
+    state = with_client(address, namespace, lambda client: client.submit(intent))
     if as_json:
         print(json.dumps({"intent_id": intent.intent_id, "workflow_id": intent.workflow_id}))
     else:
@@ -637,11 +643,11 @@ def halt(
     """Kill switch: refuse new intents and risk-increasing changes (cancels still work).
     Durable until `resume`."""
 
-    async def main() -> dict[str, str]:
-        client = await IntentClient.connect(address, namespace)
-        return await client.halt(account, symbol, cancel_all=cancel_all, reason=reason)
-
-    halts = run(main())
+    halts = with_client(
+        address,
+        namespace,
+        lambda client: client.halt(account, symbol, cancel_all=cancel_all, reason=reason),
+    )
     scope = symbol or "all symbols"
     console.print(f"[bold red]halted[/] {account} ({scope}); now halted: {halts}")
     if cancel_all:
@@ -657,11 +663,7 @@ def resume(
 ) -> None:
     """Lift a halt set with `halt` (for the account, or for one symbol)."""
 
-    async def main() -> dict[str, str]:
-        client = await IntentClient.connect(address, namespace)
-        return await client.resume(account, symbol)
-
-    halts = run(main())
+    halts = with_client(address, namespace, lambda client: client.resume(account, symbol))
     console.print(f"resumed {account} ({symbol or 'all symbols'}); still halted: {halts or '-'}")
 
 
@@ -684,11 +686,9 @@ def orphans_list(
     """Open orders without a running intent: ours left behind ("kernel") or placed by hand
     ("manual"). Scans the symbols the account's intents use, plus --symbol."""
 
-    async def main() -> list[Orphan]:
-        client = await IntentClient.connect(address, namespace)
-        return await client.orphans(account, tuple(symbol or ()))
-
-    found = run(main())
+    found = with_client(
+        address, namespace, lambda client: client.orphans(account, tuple(symbol or ()))
+    )
     if as_json:
         print(json.dumps([o.model_dump(mode="json") for o in found], indent=2))
         return
@@ -743,11 +743,9 @@ def orphans_cancel(
 ) -> None:
     """Cancel an order that no intent owns."""
 
-    async def main() -> object:
-        client = await IntentClient.connect(address, namespace)
-        return await client.cancel_orphan(account, symbol, client_order_id)
-
-    order = run(main())
+    order = with_client(
+        address, namespace, lambda client: client.cancel_orphan(account, symbol, client_order_id)
+    )
     console.print(f"{client_order_id}: {getattr(order, 'status', 'not found')}")
 
 
@@ -793,11 +791,7 @@ def group_bracket(
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    async def main() -> None:
-        client = await IntentClient.connect(address, namespace)
-        await client.submit_group(group)
-
-    run(main())
+    with_client(address, namespace, lambda client: client.submit_group(group))
     console.print(
         f"bracket [bold]{group.group_id}[/]: entry {group.leg_id('entry')}, "
         f"take profit @ {take_profit}, stop loss @ {stop_loss}"
@@ -821,11 +815,7 @@ def group_oco(
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    async def main() -> None:
-        client = await IntentClient.connect(address, namespace)
-        await client.submit_group(group)
-
-    run(main())
+    with_client(address, namespace, lambda client: client.submit_group(group))
     members = ", ".join(m.intent_id for m in group.members)
     console.print(f"OCO [bold]{group.group_id}[/]: {members}")
 
@@ -839,11 +829,7 @@ def group_status(
 ) -> None:
     """A group's members, what triggered it, and any overfill."""
 
-    async def main() -> GroupState:
-        client = await IntentClient.connect(address, namespace)
-        return await client.group_state(group_id)
-
-    state = run(main())
+    state = with_client(address, namespace, lambda client: client.group_state(group_id))
     if as_json:
         print(state.model_dump_json(indent=2))
         return
@@ -868,11 +854,7 @@ def group_cancel(
 ) -> None:
     """Cancel every live member of a group (fills are kept)."""
 
-    async def main() -> None:
-        client = await IntentClient.connect(address, namespace)
-        await client.cancel_group(group_id, reason)
-
-    run(main())
+    with_client(address, namespace, lambda client: client.cancel_group(group_id, reason))
     console.print(f"cancelling group {group_id}")
 
 
