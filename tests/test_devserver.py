@@ -307,10 +307,13 @@ async def test_early_exit_reports_log_tail() -> None:
 
 async def test_startup_timeout_is_reported() -> None:
     srv = DevServer(port=free_port(), headless=True, startup_timeout=0.001)
-    with pytest.raises(DevServerError, match="not ready after"):
-        await srv.start()
-    # start() cleans up after itself on failure.
-    assert srv.process is not None and srv.process.returncode is not None
+    try:
+        with pytest.raises(DevServerError, match="not ready after"):
+            await srv.start()
+        # start() cleans up after itself on failure.
+        assert srv.process is not None and srv.process.returncode is not None
+    finally:
+        await srv.stop()  # never leave a server behind, even when the test fails
 
 
 async def test_stop_escalates_to_sigkill() -> None:
