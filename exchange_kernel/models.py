@@ -640,7 +640,6 @@ class SyncResult(Value):
     # Only when the activity had no snapshot of the previous round (a new or restarted
     # worker): every open client order id, so the workflow can resync what it cannot diff.
     open_client_order_ids: tuple[str, ...] | None = None
-    requests: int = 0
 
 
 # --- contingent orders ---------------------------------------------------------------------

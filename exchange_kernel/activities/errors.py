@@ -10,10 +10,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import ccxt
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from exchange_kernel.accounts import AccountConfigError
 
+# The retry policy of every exchange activity: the network family backs off to 30 s between
+# attempts; a 429's Retry-After overrides the next delay.
+EXCHANGE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
 # Exchanges that answer 429 without Retry-After still need a pause longer than a tight retry.
 DEFAULT_RATE_LIMIT_DELAY = timedelta(seconds=1)
 MAX_RETRY_AFTER = timedelta(minutes=5)

@@ -186,12 +186,6 @@ class ExchangeActivities:
         round that depends on the number of symbols, not on the number of resting orders."""
 
         async def call(client: Any) -> SyncResult:
-            counter = [0]
-
-            async def count(result: Awaitable[T]) -> T:
-                counter[0] += 1
-                return await result
-
             previous = self._snapshots.get(request.account)
             cold = previous is None or previous[0] != request.round - 1
             known = {} if cold or previous is None else previous[1]
@@ -200,26 +194,26 @@ class ExchangeActivities:
             changed: dict[str, ExchangeOrder] = {}
             filled_order_ids: dict[str, str] = {}
             for symbol in request.symbols:
-                for raw in await count(client.fetch_open_orders(symbol)):
+                for raw in await client.fetch_open_orders(symbol):
                     order = to_exchange_order(raw)
                     if order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
                         now_open[order.client_order_id] = order
                 since = cursor.get(symbol)
                 if since is None:
                     # First round for this symbol: start after the newest trade; earlier
-                    # fills were seen by the intents' own lookups.
-                    newest = await count(client.fetch_my_trades(symbol, None, 1))
+                    # fills were seen by the intents' own lookups, or are found by the resync
+                    # that newly watched intents without an open order get (`not_open`).
+                    newest = await client.fetch_my_trades(symbol, None, 1)
                     cursor[symbol] = str(newest[-1]["id"]) if newest else "0"
                     continue
-                trades = await count(
-                    client.fetch_my_trades(symbol, None, None, {"fromId": int(since) + 1})
+                trades = await client.fetch_my_trades(
+                    symbol, None, None, {"fromId": int(since) + 1}
                 )
                 for trade in trades:
                     filled_order_ids[str(trade["order"])] = symbol
                 if trades:
                     cursor[symbol] = str(trades[-1]["id"])
 
-            open_by_exchange_id = {o.exchange_order_id: o for o in now_open.values()}
             for client_order_id, order in now_open.items():
                 mark = known.get(client_order_id)
                 if mark is None:
@@ -230,21 +224,21 @@ class ExchangeActivities:
             # Gone from the open list: one targeted lookup before anyone is told.
             for client_order_id, mark in known.items():
                 if client_order_id not in now_open:
-                    found = await count(find_order(client, mark.symbol, client_order_id))
+                    found = await find_order(client, mark.symbol, client_order_id)
                     if found is not None:
                         changed[client_order_id] = found
             # Filled since the cursor but never seen open (placed and filled between rounds).
-            seen = {o.exchange_order_id for o in changed.values()} | set(open_by_exchange_id)
+            seen = {o.exchange_order_id for o in (*changed.values(), *now_open.values())}
             for exchange_order_id, symbol in filled_order_ids.items():
                 if exchange_order_id in seen:
                     continue
-                raw = await count(client.fetch_order(exchange_order_id, symbol))
+                raw = await client.fetch_order(exchange_order_id, symbol)
                 order = to_exchange_order(raw)
                 if order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
                     changed[order.client_order_id] = order
             for client_order_id, order in list(changed.items()):
                 if order.filled > 0 and not order.fills:
-                    fills = await count(order_fills(client, order))
+                    fills = await order_fills(client, order)
                     changed[client_order_id] = order.model_copy(update={"fills": fills})
 
             self._snapshots[request.account] = (
@@ -260,7 +254,6 @@ class ExchangeActivities:
                 not_open=tuple(d for d in request.new_digests if d not in open_digests),
                 trade_cursor=cursor,
                 open_client_order_ids=tuple(now_open) if cold else None,
-                requests=counter[0],
             )
 
         return await self._call(request.account, call)

@@ -12,10 +12,10 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.models import (
         ExchangeOrder,
         HaltRequest,
@@ -29,12 +29,6 @@ with workflow.unsafe.imports_passed_through():
         intent_digest,
         workflow_id_for,
     )
-
-SYNC_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-)
 
 
 class AccountSyncStart(Value):
@@ -144,7 +138,7 @@ class AccountSyncWorkflow:
             request,
             result_type=tuple[ExchangeOrder, ...],
             start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=SYNC_RETRY,
+            retry_policy=EXCHANGE_RETRY,
             summary=f"scan open orders of {request.account} for orphans",
         )
         return orders
@@ -158,7 +152,7 @@ class AccountSyncWorkflow:
             result_type=ExchangeOrder | None,
             start_to_close_timeout=timedelta(seconds=30),
             schedule_to_close_timeout=timedelta(minutes=5),
-            retry_policy=SYNC_RETRY,
+            retry_policy=EXCHANGE_RETRY,
             summary=f"cancel orphan {lookup.client_order_id}",
         )
 
@@ -245,7 +239,7 @@ class AccountSyncWorkflow:
                 # Short: a worker killed mid-round must not leave the account unobserved long.
                 start_to_close_timeout=timedelta(seconds=20),
                 schedule_to_close_timeout=timedelta(minutes=5),
-                retry_policy=SYNC_RETRY,
+                retry_policy=EXCHANGE_RETRY,
                 summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
             )
         except ActivityError as error:

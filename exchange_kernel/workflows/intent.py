@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel import reconcile
+    from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.devserver import (
         EXCHANGE_ORDER_IDS,
         INTENT_STATUS,
@@ -43,11 +43,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from exchange_kernel.worker.metrics import IntentMetrics
 
-EXCHANGE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-)
 # How long one exchange call may keep retrying before the workflow treats its outcome as unknown.
 EXCHANGE_CALL_BUDGET = timedelta(minutes=5)
 # ccxt times out a request after 10 s; a worker killed mid-call is noticed after this.
@@ -56,12 +51,9 @@ EXCHANGE_CALL_TIMEOUT = timedelta(seconds=15)
 MAX_UNANSWERED_CALLS = 3
 
 
-def _rejection(error: ActivityError | ApplicationError) -> str | None:
-    """The exchange's refusal, if the activity failed with a non-retryable exchange error.
-
-    A failed local activity surfaces as the ApplicationError itself, a regular activity as an
-    ActivityError caused by it."""
-    cause = error if isinstance(error, ApplicationError) else error.cause
+def _rejection(error: ActivityError) -> str | None:
+    """The exchange's refusal, if the activity failed with a non-retryable exchange error."""
+    cause = error.cause
     if isinstance(cause, ApplicationError) and cause.non_retryable:
         return cause.message
     return None
@@ -387,8 +379,8 @@ class OrderIntentWorkflow:
             return await self._call(
                 "load_market", request, MarketRules, f"market rules of {request.symbol}"
             )
-        except (ActivityError, ApplicationError) as error:
-            reason = _rejection(error) or f"could not load market rules: {error}"
+        except ActivityError as error:
+            reason = _rejection(error) or f"could not load market rules: {error.cause}"
             status = IntentStatus.REJECTED if _rejection(error) else IntentStatus.FAILED
             self.state = reconcile.finish(
                 self.state, reconcile.Finish(status=status, reason=reason), workflow.now()
