@@ -443,9 +443,14 @@ class DevServer:
             raise DevServerError("Dev server not started; call start_process() first")
         client: Client | None = None
         last_error: BaseException | None = None
+        # Checked explicitly as well: a cancellation swallowed inside Client.connect would
+        # otherwise let asyncio.timeout pass silently and the wait go on past the deadline.
+        deadline = asyncio.get_running_loop().time() + self.startup_timeout
         try:
             async with asyncio.timeout(self.startup_timeout):
                 while True:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError
                     self._raise_if_exited()
                     try:
                         if client is None:
@@ -458,6 +463,8 @@ class DevServer:
                         # Someone else could have answered on our port; make sure the
                         # process we spawned is still the one alive.
                         self._raise_if_exited()
+                        if asyncio.get_running_loop().time() > deadline:
+                            raise TimeoutError
                         return
                     except DevServerError:
                         raise
