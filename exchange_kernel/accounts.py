@@ -17,7 +17,7 @@ from typing import Any
 import ccxt.async_support as ccxt_async
 from pydantic import BaseModel, Field, field_validator
 
-from exchange_kernel.models import ID_RE, Value
+from exchange_kernel.models import ID_RE, SYMBOL_RE, Value
 
 
 class AccountConfigError(ValueError):
@@ -42,6 +42,10 @@ class AccountConfig(Value):
     # Pre-trade limit: an intent (or a modification) whose notional, amount x price in the
     # quote currency, is above this is rejected naming the limit.
     max_notional_per_intent: Decimal | None = None
+    # Pre-trade limit: what the account may have resting on one symbol (remaining x price of
+    # its open orders, plus the order about to be placed), in the symbol's quote currency.
+    # One number for every symbol, or a table: symbol -> limit, "*" for the symbols not listed.
+    max_open_notional_per_symbol: Decimal | dict[str, Decimal] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     client_id_lookup: bool | None = Field(
         default=None,
@@ -64,6 +68,48 @@ class AccountConfig(Value):
             raise ValueError(f"exchange {value!r} is not a ccxt exchange id")
         return value
 
+    @field_validator("max_open_notional_per_symbol", mode="before")
+    @classmethod
+    def _open_notional_input(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError(
+                    "max_open_notional_per_symbol: an empty table; give a number, or symbols "
+                    '(and "*" for the others) with their limits'
+                )
+            for symbol, limit in value.items():
+                if symbol != "*" and not (isinstance(symbol, str) and SYMBOL_RE.fullmatch(symbol)):
+                    raise ValueError(
+                        f"max_open_notional_per_symbol: {symbol!r} is not a symbol like "
+                        '"BTC/USDT" (BASE/QUOTE, upper case) nor "*"'
+                    )
+                _limit_number(limit, f"max_open_notional_per_symbol[{symbol!r}]")
+            return value
+        return _limit_number(value, "max_open_notional_per_symbol")
+
+    @field_validator("max_open_notional_per_symbol")
+    @classmethod
+    def _open_notional_positive(
+        cls, value: Decimal | dict[str, Decimal] | None
+    ) -> Decimal | dict[str, Decimal] | None:
+        limits = value.items() if isinstance(value, dict) else [(None, value)]
+        for symbol, limit in limits:
+            if limit is None:
+                continue
+            name = "max_open_notional_per_symbol" + ("" if symbol is None else f"[{symbol!r}]")
+            if not limit.is_finite() or limit <= 0:
+                raise ValueError(f"{name} must be a positive number, got {limit}")
+        return value
+
+    def open_notional_limit(self, symbol: str) -> Decimal | None:
+        """max_open_notional_per_symbol for `symbol` (None: no limit there)."""
+        limit = self.max_open_notional_per_symbol
+        if isinstance(limit, dict):
+            return limit.get(symbol, limit.get("*"))
+        return limit
+
     def credentials(self) -> tuple[str, str]:
         """(api key, secret) from the environment; a clear error naming the variable if unset."""
         missing = [env for env in (self.api_key_env, self.secret_env) if not os.environ.get(env)]
@@ -72,6 +118,25 @@ class AccountConfig(Value):
                 f"account {self.name!r}: environment variable(s) {', '.join(missing)} not set"
             )
         return os.environ[self.api_key_env], os.environ[self.secret_env]
+
+
+def _limit_number(value: object, name: str) -> object:
+    """Refuse what cannot be an exact limit before pydantic coerces it: a TOML float (1000.5
+    is a binary float there), a boolean, anything that is not a finite number."""
+    if isinstance(value, float):
+        raise ValueError(
+            f'{name}: write the limit as a string ("{value}") or an integer, not a float: '
+            "binary floats cannot hold most amounts exactly"
+        )
+    if isinstance(value, int | Decimal | str) and not isinstance(value, bool):
+        try:
+            number = Decimal(value)
+        except ArithmeticError:
+            raise ValueError(f"{name}: {value!r} is not a number") from None
+        if not number.is_finite():
+            raise ValueError(f"{name}: {value!r} is not a finite number")
+        return value
+    raise ValueError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
 
 
 def load_accounts(path: Path) -> dict[str, AccountConfig]:

@@ -363,8 +363,11 @@ class MarketRules(Value):
     min_notional: Money | None = None
     max_notional: Money | None = None
     native_amend: bool = False
-    # The account's own pre-trade limit (accounts file), not the exchange's.
+    # The account's own pre-trade limits (accounts file), not the exchange's.
     account_max_notional: Money | None = None
+    # max_open_notional_per_symbol for this symbol: the activities enforce it (only the
+    # exchange knows the other open orders); the workflow reads it to know a check is due.
+    account_max_open_notional: Money | None = None
 
     def violations(self, spec: OrderSpec, amount: Decimal | None = None) -> list[str]:
         """Rules `spec` breaks (with `amount` instead of its own, if given); empty when valid."""
@@ -385,9 +388,10 @@ class MarketRules(Value):
                 broken.append(f"{name} {price} is below the minimum price {self.min_price}")
             if self.max_price and price > self.max_price:
                 broken.append(f"{name} {price} is above the maximum price {self.max_price}")
-        if self.min_notional and spec.price is not None:
+        if spec.price is not None:
             notional = amount * spec.price
-            if notional < self.min_notional:
+            # Each bound on its own: a market without a minimum still has the account's limit.
+            if self.min_notional and notional < self.min_notional:
                 broken.append(
                     f"notional {notional} (amount x price) is below the minimum notional "
                     f"{self.min_notional}"
@@ -537,6 +541,9 @@ class OrderRequest(Value):
     post_only: bool = False
     reduce_only: bool = False
     may_exist: bool = False
+    # Remaining x price of the intent's order that this one replaces (0: it replaces none).
+    # The open-notional limit refuses only placements that add to it (limits.replaced_notional).
+    replaced_notional: Money = Decimal(0)
 
 
 class AmendRequest(Value):
@@ -566,6 +573,16 @@ class OrderLookup(Value):
 class MarketRequest(Value):
     account: str
     symbol: str
+
+
+class OpenNotionalRequest(Value):
+    """Would the account's open notional on `symbol` stay within its limit with `notional`
+    added? Its own orders `exclude` are not counted (the order a modification replaces)."""
+
+    account: str
+    symbol: str
+    notional: Money
+    exclude: tuple[str, ...] = ()
 
 
 class IntentStart(Value):

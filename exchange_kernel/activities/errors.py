@@ -14,6 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from exchange_kernel.accounts import AccountConfigError
+from exchange_kernel.limits import PreTradeLimitExceeded
 
 # The retry policy of every exchange activity: the network family backs off to 30 s between
 # attempts; a 429's Retry-After overrides the next delay.
@@ -47,6 +48,9 @@ def to_application_error(exc: Exception, headers: dict[str, str] | None = None) 
     message = f"{name}: {exc}"
     if isinstance(exc, AccountConfigError):
         return ApplicationError(message, type="AccountConfigError", non_retryable=True)
+    if isinstance(exc, PreTradeLimitExceeded):
+        # The message is the intent's outcome reason as people read it: it names the limit.
+        return ApplicationError(str(exc), type=name, non_retryable=True)
     if isinstance(exc, ccxt.DDoSProtection):  # RateLimitExceeded is a subclass
         delay = retry_after(headers) or DEFAULT_RATE_LIMIT_DELAY
         return ApplicationError(message, type=name, next_retry_delay=delay)

@@ -8,7 +8,9 @@ about it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from temporalio import activity
 
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.activities.errors import to_application_error
+from exchange_kernel.limits import PreTradeLimitExceeded, open_notional_breach
 from exchange_kernel.models import (
     CLIENT_ORDER_ID_PREFIX,
     AmendRequest,
@@ -27,6 +30,7 @@ from exchange_kernel.models import (
     Fill,
     MarketRequest,
     MarketRules,
+    OpenNotionalRequest,
     OrderLookup,
     OrderRequest,
     OrderType,
@@ -49,6 +53,10 @@ class ExchangeActivities:
         # only: when it does not follow on from the previous round (new or other worker),
         # the round reports every open order id so the workflow can resync what it can't diff.
         self._snapshots: dict[str, tuple[int, dict[str, OpenOrderMark]]] = {}
+        # Per (account, symbol) with an open-notional limit: held from the sum of the open
+        # orders until the new order is created, so this worker's placements on a symbol
+        # cannot both pass the check on the same book (other workers still can: docs).
+        self._open_notional_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def _call(self, account: str, call: Callable[[Any], Awaitable[T]]) -> T:
         # Imported here: the worker package imports this module, so a top-level import cycles.
@@ -77,6 +85,9 @@ class ExchangeActivities:
                 update={
                     "native_amend": rules.native_amend and opted_in,
                     "account_max_notional": config.max_notional_per_intent if config else None,
+                    "account_max_open_notional": (
+                        config.open_notional_limit(request.symbol) if config else None
+                    ),
                 }
             )
 
@@ -91,15 +102,16 @@ class ExchangeActivities:
                 found = await find_order(client, request.symbol, request.client_order_id)
                 if found is not None:
                     return found
-            try:
-                created = await client.create_order(*create_args(request))
-            except ccxt.InvalidOrder as exc:
-                if "Duplicate order" not in str(exc):
-                    raise
-                found = await find_order(client, request.symbol, request.client_order_id)
-                if found is None:
-                    raise
-                return found
+            async with self._open_notional_checked(client, request):
+                try:
+                    created = await client.create_order(*create_args(request))
+                except ccxt.InvalidOrder as exc:
+                    if "Duplicate order" not in str(exc):
+                        raise
+                    found = await find_order(client, request.symbol, request.client_order_id)
+                    if found is None:
+                        raise
+                    return found
             return await complete(client, created, request)
 
         return await self._call(request.account, call)
@@ -126,31 +138,76 @@ class ExchangeActivities:
                 ):
                     return AmendResult(replaced=current, order=None)
                 symbol, type_, side, amount, price, params = create_args(new)
-                try:
-                    edited = await client.edit_order(
-                        request.replaces_exchange_order_id,
-                        symbol,
-                        type_,
-                        side,
-                        amount,
-                        price,
-                        params,
-                    )
-                    order = await complete(client, edited, new)
-                except (
-                    ccxt.OrderNotFound,
-                    ccxt.InvalidOrder,
-                    ccxt.BadRequest,
-                    ccxt.BadResponse,
-                ) as exc:
-                    # cancelReplace refuses (Binance -2022/-2021) when the old order ended (filled,
-                    # cancelled): observe both instead of guessing.
-                    activity.logger.info("amend of %s refused: %s", new.client_order_id, exc)
-                    order = await find_order(client, new.symbol, new.client_order_id)
+                replaced = (request.replaces_client_order_id,)
+                async with self._open_notional_checked(client, new, exclude=replaced):
+                    try:
+                        edited = await client.edit_order(
+                            request.replaces_exchange_order_id,
+                            symbol,
+                            type_,
+                            side,
+                            amount,
+                            price,
+                            params,
+                        )
+                        order = await complete(client, edited, new)
+                    except (
+                        ccxt.OrderNotFound,
+                        ccxt.InvalidOrder,
+                        ccxt.BadRequest,
+                        ccxt.BadResponse,
+                    ) as exc:
+                        # cancelReplace refuses (Binance -2022/-2021) when the old order ended
+                        # (filled, cancelled): observe both instead of guessing.
+                        activity.logger.info("amend of %s refused: %s", new.client_order_id, exc)
+                        order = await find_order(client, new.symbol, new.client_order_id)
             replaced = await find_order(client, new.symbol, request.replaces_client_order_id)
             return AmendResult(replaced=replaced, order=order)
 
         return await self._call(request.account, call)
+
+    @activity.defn
+    async def check_open_notional(self, request: OpenNotionalRequest) -> None:
+        """Refuse (PreTradeLimitExceeded, non-retryable) if the account's open notional on the
+        symbol, without the orders `exclude` and with `notional` added, is above its limit."""
+
+        async def call(client: Any) -> None:
+            limit = self._open_notional_limit(request.account, request.symbol)
+            if limit is None:
+                return
+            resting = await resting_notional(client, request.symbol, request.exclude)
+            breach = open_notional_breach(request.symbol, resting, request.notional, limit)
+            if breach is not None:
+                raise PreTradeLimitExceeded(breach)
+
+        await self._call(request.account, call)
+
+    def _open_notional_limit(self, account: str, symbol: str) -> Decimal | None:
+        config = self.pool.accounts.get(account)
+        return config.open_notional_limit(symbol) if config is not None else None
+
+    @asynccontextmanager
+    async def _open_notional_checked(
+        self, client: Any, order: OrderRequest, exclude: tuple[str, ...] = ()
+    ) -> AsyncIterator[None]:
+        """Run the body (the exchange call that creates `order`) only if the account's open
+        notional on the symbol stays within max_open_notional_per_symbol with `order` added.
+
+        Not checked: accounts without the limit, market orders (no price, they never rest),
+        and orders that do not add to what the intent had resting in the order they replace.
+        """
+        limit = self._open_notional_limit(order.account, order.symbol)
+        adding = order.amount * order.price if order.price is not None else Decimal(0)
+        if limit is None or adding <= order.replaced_notional:
+            yield
+            return
+        lock = self._open_notional_locks.setdefault((order.account, order.symbol), asyncio.Lock())
+        async with lock:
+            resting = await resting_notional(client, order.symbol, exclude)
+            breach = open_notional_breach(order.symbol, resting, adding, limit)
+            if breach is not None:
+                raise PreTradeLimitExceeded(breach)
+            yield
 
     @activity.defn
     async def cancel_order(self, request: OrderLookup) -> ExchangeOrder | None:
@@ -277,6 +334,7 @@ class ExchangeActivities:
             self.scan_open_orders,
             self.sync_account,
             self.load_market,
+            self.check_open_notional,
             self.place_order,
             self.amend_order,
             self.cancel_order,
@@ -310,6 +368,19 @@ def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, 
         price,
         params,
     )
+
+
+async def resting_notional(client: Any, symbol: str, exclude: tuple[str, ...] = ()) -> Decimal:
+    """Remaining x price over the account's open orders on `symbol`, except `exclude` (client
+    order ids). Every open order counts, buys and sells, the kernel's and those placed by hand;
+    one without a price (a market order caught open) cannot be valued and is left out."""
+    total = Decimal(0)
+    for raw in await client.fetch_open_orders(symbol):
+        order = to_exchange_order(raw)
+        if order.client_order_id in exclude or order.price is None:
+            continue
+        total += max(order.remaining, Decimal(0)) * order.price
+    return total
 
 
 async def find_order(

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         LAST_SYNC_AT,
         RECONCILIATION_STATUS,
     )
+    from exchange_kernel.limits import OPEN_NOTIONAL_PATCH, modify_check, replaced_notional
     from exchange_kernel.models import (
         ActionRecord,
         AmendRequest,
@@ -120,10 +121,35 @@ class OrderIntentWorkflow:
     # --- updates: validated, answered ----------------------------------------------------------
 
     @workflow.update(name="modify")
-    def modify_update(self, change: IntentChange) -> IntentState:
-        self.state = reconcile.apply_change(self.state, change, workflow.now())
+    async def modify_update(self, change: IntentChange) -> IntentState:
+        await self._check_open_notional(change)
+        try:
+            self.state = reconcile.apply_change(self.state, change, workflow.now())
+        except reconcile.ChangeRejected as exc:  # the intent moved on during the check
+            raise ApplicationError(str(exc), type="ChangeRejected", non_retryable=True) from None
         self.dirty = True
         return self.state
+
+    async def _check_open_notional(self, change: IntentChange) -> None:
+        """A change raising the intent's notional on an account with max_open_notional_per_symbol
+        is checked against the exchange's open orders before it is accepted, so the caller
+        gets the refusal and the resting order stays as it is. (Signals cannot answer: theirs
+        is the placement's own check, which ends the intent rejected.)"""
+        request = modify_check(self.state, change)
+        if request is None or not workflow.patched(OPEN_NOTIONAL_PATCH):
+            return
+        try:
+            await self._call(
+                "check_open_notional",
+                request,
+                None,
+                f"pre-trade check: open notional on {request.symbol}",
+            )
+        except ActivityError as error:
+            reason = _rejection(error) or (
+                f"max_open_notional_per_symbol could not be checked: {error.cause or error}"
+            )
+            raise ApplicationError(reason, type="ChangeRejected", non_retryable=True) from None
 
     @modify_update.validator
     def _validate_modify(self, change: IntentChange) -> None:
@@ -480,6 +506,7 @@ class OrderIntentWorkflow:
             time_in_force=desired.time_in_force,
             post_only=desired.post_only,
             reduce_only=desired.reduce_only,
+            replaced_notional=replaced_notional(self.state, placement),
         )
 
     def _lookup_request(self, placement: Placement) -> OrderLookup:

@@ -1,0 +1,114 @@
+"""Pre-trade limits of an account: the arithmetic and the wording, no I/O.
+
+Two limits come from the accounts file:
+
+- `max_notional_per_intent`: one intent's amount x price. Checked against the intent alone, so
+  it lives with the exchange's own rules (`MarketRules.violations`).
+- `max_open_notional_per_symbol`: what the account has resting on one symbol, summed over its
+  open orders (remaining x price, buys and sells alike, kernel or not) plus the order about to
+  be placed. Only the exchange knows the other orders, so the sum is taken in the activities
+  (`exchange_kernel.activities.exchange`); this module says when a check is due and how a
+  breach reads.
+
+Market orders are not counted and not checked: they have no price to value them at, and they
+never rest, so they are not part of any open notional once they have run.
+
+Imported by workflow code: standard library and models only, nothing non-deterministic.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from exchange_kernel.models import (
+    ExchangeOrderStatus,
+    IntentChange,
+    IntentState,
+    OpenNotionalRequest,
+    Placement,
+)
+from exchange_kernel.reconcile import ABSENT
+
+OPEN_NOTIONAL_LIMIT = "max_open_notional_per_symbol"
+# workflow.patched id of the modify update's open-notional check (an activity: new commands).
+OPEN_NOTIONAL_PATCH = "pretrade-open-notional-on-modify"
+
+
+class PreTradeLimitExceeded(Exception):
+    """An order (or a modification) would break one of the account's pre-trade limits."""
+
+
+def amount_text(value: Decimal) -> str:
+    """1140.000 -> 1140, 0.50 -> 0.5: figures for people, exact (no rounding)."""
+    text = f"{value:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def quote_of(symbol: str) -> str:
+    """BTC/USDT -> USDT; BTC/USDT:USDT (a ccxt contract) -> USDT."""
+    return symbol.split("/")[-1].split(":")[0]
+
+
+def open_notional_breach(
+    symbol: str, resting: Decimal, adding: Decimal, limit: Decimal
+) -> str | None:
+    """The rejection reason if `resting` + `adding` is above `limit`; None when within it."""
+    total = resting + adding
+    if total <= limit:
+        return None
+    quote = quote_of(symbol)
+    return (
+        f"open notional on {symbol} would be {amount_text(total)} {quote} "
+        f"({amount_text(resting)} resting + {amount_text(adding)} for this intent), above the "
+        f"account's pre-trade limit {OPEN_NOTIONAL_LIMIT} = {amount_text(limit)}"
+    )
+
+
+def replaced_notional(state: IntentState, placement: Placement) -> Decimal:
+    """What the intent had resting in the order `placement` replaces (0 if it replaces none).
+
+    A placement whose notional is not above this does not raise the intent's notional (a buy
+    moved lower, an amount reduced), so the open-notional limit does not refuse it: a risk
+    limit never stands in the way of reducing risk. An order that the intent did not cancel
+    itself (filled, cancelled outside the kernel, never reached the exchange) replaces nothing:
+    placing again adds risk that is no longer on the book.
+    """
+    if placement.number == 0 or placement.number > len(state.placements):
+        return Decimal(0)
+    previous = state.placements[placement.number - 1]
+    order = previous.order
+    if (
+        previous.price is None
+        or not previous.cancel_requested
+        or order is None
+        or order.type == ABSENT
+        or order.status not in (ExchangeOrderStatus.OPEN, ExchangeOrderStatus.CANCELED)
+    ):
+        return Decimal(0)
+    return max(order.remaining, Decimal(0)) * previous.price
+
+
+def modify_check(state: IntentState, change: IntentChange) -> OpenNotionalRequest | None:
+    """The open-notional check a modification needs, or None when it needs none.
+
+    None unless the account has the limit on this symbol (carried in the market rules) and
+    the change raises the intent's notional: (amount - filled) x price, before and after.
+    """
+    rules = state.rules
+    if rules is None or rules.account_max_open_notional is None:
+        return None
+    desired = state.desired
+    price = change.price if change.price is not None else desired.price
+    if price is None or desired.price is None:
+        return None  # a market order: not counted (see the module's docstring)
+    amount = change.amount if change.amount is not None else desired.amount
+    before = max(desired.amount - state.filled, Decimal(0)) * desired.price
+    after = max(amount - state.filled, Decimal(0)) * price
+    if after <= before:
+        return None
+    return OpenNotionalRequest(
+        account=state.intent.account,
+        symbol=desired.symbol,
+        notional=after,
+        exclude=tuple(p.client_order_id for p in state.placements if p.live),
+    )
