@@ -25,6 +25,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from exchange_kernel import client_ids
 from exchange_kernel.connection import TASK_QUEUE, TemporalUnreachable, connect
 from exchange_kernel.devserver import (
     EXCHANGE_ORDER_IDS,
@@ -37,7 +38,6 @@ from exchange_kernel.devserver import (
     intent_search_attributes,
 )
 from exchange_kernel.models import (
-    CLIENT_ORDER_ID_PREFIX,
     ID_RE,
     ExchangeOrder,
     GroupState,
@@ -264,11 +264,23 @@ class IntentClient:
                 continue
             if order.updated_at is not None and order.updated_at > settled:
                 continue
-            if not order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
+            cid = order.client_order_id
+            if client_ids.parse(cid) is not None:
+                # A readable form (ek-<digest>-<n>, ...): ours whether or not visibility still
+                # knows the intent.
+                owner = await self._owner(order.exchange_order_id)
+                intent_id = owner[0] if owner else None
+                found.append(Orphan(order=order, kind="kernel", intent_id=intent_id))
+            elif client_ids.is_opaque(cid):
+                # An opaque form (UUID, 128-bit hex) names no intent: ours only if an intent
+                # claims the order (its ExchangeOrderIds); otherwise reported as placed by hand.
+                owner = await self._owner(order.exchange_order_id)
+                if owner is not None:
+                    found.append(Orphan(order=order, kind="kernel", intent_id=owner[0]))
+                else:
+                    found.append(Orphan(order=order, kind="manual"))
+            else:
                 found.append(Orphan(order=order, kind="manual"))
-                continue
-            owner = await self._owner(order.exchange_order_id)
-            found.append(Orphan(order=order, kind="kernel", intent_id=owner[0] if owner else None))
         return found
 
     async def _owner(self, exchange_order_id: str) -> tuple[str, bool] | None:

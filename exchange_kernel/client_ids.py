@@ -10,6 +10,12 @@ and which form we send. Patterns are the exchange's documented rule or, where th
 is vague, a conservative subset of it (noted). An exchange that is not in the table gets
 :data:`DEFAULT_RULE`: ``[A-Za-z0-9-]``, at most 32 characters, which the kernel's own form fits.
 
+The workflow sends its account's form: the ``load_market`` activity reports the account's ccxt
+exchange id in ``MarketRules.exchange`` and ``reconcile`` passes it to
+``models.client_order_id``; None (rules recorded before that field existed) keeps the kernel's
+form, so old histories replay with the ids they recorded. The second half of this module maps
+ids back to intents, for every form.
+
 This module must stay importable inside the Temporal workflow sandbox (``models`` imports it
 from workflow code): the standard library only, nothing non-deterministic.
 """
@@ -32,6 +38,12 @@ class Form(StrEnum):
     GATE = "gate"  # t-ek-<16 hex>-<n>: Gate wants user text to start with "t-"
     HEX128 = "hex128"  # 0x<32 hex>: a 128-bit hex string (Hyperliquid's cloid)
     UUID = "uuid"  # 8-4-4-4-12 hex: a UUID (Kraken's cl_ord_id, Coinbase's client_order_id)
+
+    @property
+    def readable(self) -> bool:
+        """True when the id spells out the intent's digest and the placement number; False
+        for the opaque forms (HEX128, UUID), which only a known intent can claim."""
+        return self in (Form.KERNEL, Form.ALNUM, Form.GATE)
 
 
 @dataclass(frozen=True)
@@ -151,3 +163,197 @@ def client_order_id_for(exchange: str, intent_id: str, placement: int) -> str:
             f"({rule.pattern}, at most {rule.max_length}): placement number too large"
         )
     return client_id
+
+
+def id_for(intent_id: str, placement: int, exchange: str | None = None) -> str:
+    """The id the workflow sends for an intent's `placement`-th order: `exchange`'s form, or the
+    kernel's own form when the exchange is not known (`MarketRules.exchange` is None in
+    histories recorded before the workflow knew it: their ids stay what they were)."""
+    if exchange is None:
+        if placement < 0:
+            raise ValueError(f"placement must be >= 0, got {placement}")
+        return f"{PREFIX}-{intent_digest(intent_id)}-{placement}"
+    return client_order_id_for(exchange, intent_id, placement)
+
+
+def form_of(exchange: str | None) -> Form:
+    """The form `id_for` uses for `exchange` (None: the kernel's)."""
+    return Form.KERNEL if exchange is None else rule_for(exchange).form
+
+
+# --- from an id back to its intent -------------------------------------------------------------
+#
+# Readable forms (KERNEL, ALNUM, GATE) spell out the intent's digest and the placement number, so
+# an id names its intent by itself, whatever exchange it is on. Opaque forms (HEX128, UUID) are a
+# hash of both: they can only be recognised by an intent that claims them, i.e. by computing the
+# intent's ids and comparing (`belongs_to`, `Owners`). On an exchange with an opaque form, any id
+# of that shape may be ours: the account sync and the orphan scan treat it as foreign unless a
+# known intent claims it.
+
+_NUMBER = r"(0|[1-9][0-9]*)"
+_READABLE: dict[Form, re.Pattern[str]] = {
+    Form.KERNEL: re.compile(rf"{PREFIX}-([0-9a-f]{{16}})-{_NUMBER}"),
+    Form.ALNUM: re.compile(rf"{PREFIX}([0-9a-f]{{16}})n{_NUMBER}"),
+    Form.GATE: re.compile(rf"t-{PREFIX}-([0-9a-f]{{16}})-{_NUMBER}"),
+}
+_OPAQUE: dict[Form, re.Pattern[str]] = {
+    Form.HEX128: re.compile(r"0x[0-9a-f]{32}"),
+    # Our UUIDs carry the version-4 and RFC 4122 variant bits (`_uuid`).
+    Form.UUID: re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"),
+}
+
+
+def parse(client_id: str) -> tuple[str, int] | None:
+    """(intent digest, placement number) of an id in any readable form; None otherwise.
+
+    Every readable form is recognised on every exchange: an intent keeps the form it started
+    with (one recorded before the workflow knew its exchange uses the kernel's)."""
+    for pattern in _READABLE.values():
+        match = pattern.fullmatch(client_id)
+        if match is not None:
+            return match.group(1), int(match.group(2))
+    return None
+
+
+def is_opaque(client_id: str, exchange: str | None = None) -> bool:
+    """Shaped like an opaque form (`exchange`'s, or with None any opaque form): it may be ours,
+    and only an intent that claims it can tell."""
+    if exchange is not None:
+        pattern = _OPAQUE.get(form_of(exchange))
+        return pattern is not None and pattern.fullmatch(client_id.lower()) is not None
+    return any(p.fullmatch(client_id.lower()) for p in _OPAQUE.values())
+
+
+def looks_ours(client_id: str, exchange: str | None = None) -> bool:
+    """May the kernel have placed an order with this id on `exchange`? Readable forms say so by
+    their prefix (exactly); for an opaque form this is only its shape (a UUID placed by someone
+    else passes too), to be settled by matching it against known intents."""
+    return parse(client_id) is not None or is_opaque(client_id, exchange)
+
+
+def key_of(client_id: str) -> str:
+    """What the account sync compares open orders by: the intent digest of a readable id, the
+    (lower-cased) id itself otherwise. A digest (16 hex) never equals an opaque id."""
+    parsed = parse(client_id)
+    return parsed[0] if parsed is not None else client_id.lower()
+
+
+def belongs_to(client_id: str, intent_id: str, placement: int, exchange: str | None = None) -> bool:
+    """Is `client_id` the id of `intent_id`'s `placement`-th order on `exchange`? Works for every
+    form: the id is computed and compared."""
+    try:
+        expected = id_for(intent_id, placement, exchange)
+    except ValueError:
+        return False
+    return client_id == expected or (
+        not form_of(exchange).readable and client_id.lower() == expected
+    )
+
+
+def placement_of(
+    client_id: str, intent_id: str, exchange: str | None = None, *, up_to: int
+) -> int | None:
+    """The placement number under which `intent_id` sent `client_id` on `exchange`, or None if it
+    is not one of the intent's ids. A readable id says its number; an opaque one is compared with
+    the intent's ids of placements 0..`up_to`."""
+    parsed = parse(client_id)
+    if parsed is not None:
+        number = parsed[1]
+        return number if belongs_to(client_id, intent_id, number, exchange) else None
+    if form_of(exchange).readable:
+        return None
+    for number in range(up_to + 1):
+        if belongs_to(client_id, intent_id, number, exchange):
+            return number
+    return None
+
+
+class Owners:
+    """Which registered intent (and which of its placements) a client order id belongs to, for
+    intents of every form. Pure and deterministic: the account sync workflow keeps one.
+
+    A readable id names its intent by digest: one dictionary lookup. An opaque id names nothing,
+    so for each registered intent of an opaque form the ids of placements 0 .. (highest known
+    placement + `window`) are computed in advance, and the horizon moves up whenever one of its
+    ids is seen. An intent that makes more than `window` placements without any of them being
+    seen here is not recognised until it is registered again with its current placement.
+    """
+
+    def __init__(self, window: int = 32) -> None:
+        self.window = window
+        self._by_digest: dict[str, str] = {}
+        self._by_id: dict[str, tuple[str, int]] = {}  # opaque ids only
+        self._exchange: dict[str, str | None] = {}
+        self._placement: dict[str, int] = {}  # the highest placement known, per intent
+        self._indexed: dict[str, int] = {}  # opaque intents: ids computed for 0.._indexed
+
+    def __contains__(self, intent_id: object) -> bool:
+        return intent_id in self._exchange
+
+    def exchange(self, intent_id: str) -> str | None:
+        return self._exchange.get(intent_id)
+
+    def placement(self, intent_id: str) -> int:
+        return self._placement.get(intent_id, 0)
+
+    def add(self, intent_id: str, exchange: str | None = None, placement: int = 0) -> None:
+        """Register an intent (again): its exchange (None: the kernel's form) and the number of a
+        placement it has made (its live one)."""
+        if intent_id in self._exchange and self._exchange[intent_id] != exchange:
+            self.discard(intent_id)
+        self._exchange[intent_id] = exchange
+        self._by_digest[intent_digest(intent_id)] = intent_id
+        self._seen(intent_id, max(placement, self._placement.get(intent_id, 0)))
+
+    def discard(self, intent_id: str) -> None:
+        if intent_id not in self._exchange:
+            return
+        exchange = self._exchange.pop(intent_id)
+        self._by_digest.pop(intent_digest(intent_id), None)
+        self._placement.pop(intent_id, None)
+        indexed = self._indexed.pop(intent_id, -1)
+        for number in range(indexed + 1):
+            self._by_id.pop(id_for(intent_id, number, exchange), None)
+
+    def owner(self, client_id: str) -> tuple[str, int] | None:
+        """(intent id, placement number) of the registered intent that sent `client_id`."""
+        parsed = parse(client_id)
+        if parsed is not None:
+            digest, number = parsed
+            intent_id = self._by_digest.get(digest)
+            if intent_id is None:
+                return None
+            self._seen(intent_id, number)
+            return intent_id, number
+        hit = self._by_id.get(client_id.lower())
+        if hit is not None:
+            self._seen(*hit)
+        return hit
+
+    def key(self, intent_id: str) -> str:
+        """The `key_of` an open order of this intent has (for an opaque intent: its id of the
+        highest known placement)."""
+        exchange = self._exchange.get(intent_id)
+        if form_of(exchange).readable:
+            return intent_digest(intent_id)
+        return id_for(intent_id, self.placement(intent_id), exchange)
+
+    def owner_of_key(self, key: str) -> str | None:
+        intent_id = self._by_digest.get(key)
+        if intent_id is not None:
+            return intent_id
+        hit = self._by_id.get(key)
+        return hit[0] if hit is not None else None
+
+    def _seen(self, intent_id: str, number: int) -> None:
+        if intent_id not in self._exchange:
+            return
+        self._placement[intent_id] = max(number, self._placement.get(intent_id, 0))
+        exchange = self._exchange[intent_id]
+        if form_of(exchange).readable:
+            return
+        want = self._placement[intent_id] + self.window
+        start = self._indexed.get(intent_id, -1) + 1
+        for n in range(start, want + 1):
+            self._by_id[id_for(intent_id, n, exchange)] = (intent_id, n)
+        self._indexed[intent_id] = max(want, start - 1)

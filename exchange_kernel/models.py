@@ -368,6 +368,9 @@ class MarketRules(Value):
     # max_open_notional_per_symbol for this symbol: the activities enforce it (only the
     # exchange knows the other open orders); the workflow reads it to know a check is due.
     account_max_open_notional: Money | None = None
+    # The account's ccxt exchange id: client order ids follow its rules (`client_ids`). None in
+    # histories recorded before the field existed: those intents keep the kernel's own form.
+    exchange: str | None = None
 
     def violations(self, spec: OrderSpec, amount: Decimal | None = None) -> list[str]:
         """Rules `spec` breaks (with `amount` instead of its own, if given); empty when valid."""
@@ -617,11 +620,17 @@ def group_workflow_id(group_id: str) -> str:
 
 
 class WatchRequest(Value):
-    """An intent asking its account's sync to observe its orders (client order ids with
-    the intent's digest) on `symbol`."""
+    """An intent asking its account's sync to observe its orders on `symbol`.
+
+    `exchange` and `placement` say how the intent's client order ids are spelled (its
+    `MarketRules.exchange`; None: the kernel's form) and which placement is live: the sync needs
+    both to recognise ids of an opaque form (UUID, 128-bit hex), which carry no readable digest.
+    Watch signals recorded before these fields existed decode with the kernel's form."""
 
     intent_id: str
     symbol: str
+    exchange: str | None = None
+    placement: int = 0
 
 
 class SyncRequest(Value):
@@ -632,8 +641,9 @@ class SyncRequest(Value):
     round: int
     # Per symbol, the last trade id already seen: trades after it are fills to report.
     trade_cursor: dict[str, str] = Field(default_factory=dict)
-    # Intents registered since the last round (by digest): their orders may have changed
-    # between their own last look and this round, outside any snapshot.
+    # Intents registered since the last round, by `client_ids.key_of` (the intent digest; for
+    # an opaque form, the live client order id): their orders may have changed between their
+    # own last look and this round, outside any snapshot.
     new_digests: tuple[str, ...] = ()
 
 
@@ -646,13 +656,15 @@ class Orphan(Value):
     """An open exchange order that no running intent owns."""
 
     order: ExchangeOrder
-    kind: str  # "kernel": our client order id prefix, no running intent; "manual": placed by hand
+    # "kernel": our client order id form (a readable one, or an opaque one an intent claims),
+    # no running intent; "manual": anything else (placed by hand, or unclaimed opaque ids)
+    kind: str
     intent_id: str | None = None  # the finished intent it belonged to, when visibility knows
 
 
 class SyncResult(Value):
     changed: tuple[ExchangeOrder, ...] = ()
-    not_open: tuple[str, ...] = ()  # of the new digests, those with no open order
+    not_open: tuple[str, ...] = ()  # of the new digests (keys), those with no open order
     trade_cursor: dict[str, str] = Field(default_factory=dict)
     # Only when the activity had no snapshot of the previous round (a new or restarted
     # worker): every open client order id, so the workflow can resync what it cannot diff.

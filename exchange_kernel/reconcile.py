@@ -195,9 +195,12 @@ def _rests(spec: OrderSpec) -> bool:
 
 def _next_placement(state: IntentState, amount: Decimal) -> Placement:
     number = len(state.placements)
+    # In the form of the account's exchange (`client_ids`); rules without an exchange (recorded
+    # before it was known) give the kernel's own form, so old histories replay unchanged.
+    exchange = state.rules.exchange if state.rules is not None else None
     return Placement(
         number=number,
-        client_order_id=client_order_id(state.intent.intent_id, number),
+        client_order_id=client_order_id(state.intent.intent_id, number, exchange),
         revision=state.revision,
         price=state.desired.price,
         stop_price=state.desired.stop_price,

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import ccxt
 from temporalio import activity
 
+from exchange_kernel import client_ids
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.activities.errors import to_application_error
 from exchange_kernel.limits import PreTradeLimitExceeded, open_notional_breach
 from exchange_kernel.models import (
-    CLIENT_ORDER_ID_PREFIX,
     AmendRequest,
     AmendResult,
     ExchangeOrder,
@@ -88,6 +88,8 @@ class ExchangeActivities:
                     "account_max_open_notional": (
                         config.open_notional_limit(request.symbol) if config else None
                     ),
+                    # Client order ids follow this exchange's rules (`client_ids`).
+                    "exchange": config.exchange if config else client.id,
                 }
             )
 
@@ -242,6 +244,14 @@ class ExchangeActivities:
         """Observe an account in bulk: what changed since the last round, at a cost per
         round that depends on the number of symbols, not on the number of resting orders."""
 
+        config = self.pool.accounts.get(request.account)
+        exchange = config.exchange if config else None
+
+        def ours(client_order_id: str) -> bool:
+            # Readable forms by prefix; on an exchange with an opaque form (UUID, 128-bit hex)
+            # every id of that shape: the workflow keeps those a known intent claims.
+            return client_ids.looks_ours(client_order_id, exchange)
+
         async def call(client: Any) -> SyncResult:
             previous = self._snapshots.get(request.account)
             cold = previous is None or previous[0] != request.round - 1
@@ -253,7 +263,7 @@ class ExchangeActivities:
             for symbol in request.symbols:
                 for raw in await client.fetch_open_orders(symbol):
                     order = to_exchange_order(raw)
-                    if order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
+                    if ours(order.client_order_id):
                         now_open[order.client_order_id] = order
                 since = cursor.get(symbol)
                 if since is None:
@@ -291,7 +301,7 @@ class ExchangeActivities:
                     continue
                 raw = await client.fetch_order(exchange_order_id, symbol)
                 order = to_exchange_order(raw)
-                if order.client_order_id.startswith(f"{CLIENT_ORDER_ID_PREFIX}-"):
+                if ours(order.client_order_id):
                     changed[order.client_order_id] = order
             for client_order_id, order in list(changed.items()):
                 if order.filled > 0 and not order.fills:
@@ -305,10 +315,10 @@ class ExchangeActivities:
                     for cid, o in now_open.items()
                 },
             )
-            open_digests = {cid.split("-")[1] for cid in now_open}
+            open_keys = {client_ids.key_of(cid) for cid in now_open}
             return SyncResult(
                 changed=tuple(changed.values()),
-                not_open=tuple(d for d in request.new_digests if d not in open_digests),
+                not_open=tuple(k for k in request.new_digests if k not in open_keys),
                 trade_cursor=cursor,
                 open_client_order_ids=tuple(now_open) if cold else None,
             )

@@ -4,6 +4,11 @@ Resting intents register here (`watch`) and stop polling their own orders. Each 
 exchange for the open orders and the new trades of the watched symbols (a cost per round that
 does not grow with the number of resting intents), and signals `observed` to exactly the
 intents whose orders changed.
+
+Orders are mapped back to intents with `client_ids.Owners`: a readable client order id
+(`ek-<digest>-<n>` and the other forms that spell the digest) names its intent; an opaque one
+(UUID, 128-bit hex: exchanges that take nothing else) is recognised only because a watched intent
+claims it (its ids are computed from the intent id, the exchange and the placement number).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
+    from exchange_kernel.client_ids import Owners
     from exchange_kernel.models import (
         ExchangeOrder,
         HaltRequest,
@@ -26,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
         Value,
         WatchRequest,
         halt_scope,
-        intent_digest,
         workflow_id_for,
     )
 
@@ -43,6 +48,10 @@ class AccountSyncStart(Value):
     halts: dict[str, str] = {}
     # Scopes halted with --cancel-all: intents that start resting there are cancelled too.
     cancel_all: tuple[str, ...] = ()
+    # How watched intents spell their client order ids (from their watch requests): intent id
+    # -> ccxt exchange id, and -> highest placement number known. Absent: the kernel's form.
+    exchanges: dict[str, str] = {}
+    placements: dict[str, int] = {}
 
 
 class AccountSyncStatus(Value):
@@ -53,16 +62,6 @@ class AccountSyncStatus(Value):
     last_round_at: datetime | None
     last_error: str | None
     signals_sent: int
-
-
-def intent_id_of(digests: tuple[str, ...], watched: dict[str, str]) -> set[str]:
-    wanted = set(digests)
-    return {intent_id for intent_id in watched if intent_digest(intent_id) in wanted}
-
-
-def digest_of(client_order_id: str) -> str | None:
-    parts = client_order_id.split("-")
-    return parts[1] if len(parts) == 3 and parts[0] == "ek" else None
 
 
 @workflow.defn(name="AccountSync")
@@ -81,10 +80,17 @@ class AccountSyncWorkflow:
         self.cancel_all: tuple[str, ...] = tuple(start.cancel_all)
         # Watched since the last round: the round checks each has an open order.
         self.fresh: set[str] = set(start.watched)
+        # Client order id -> intent, for every form (kept in step with `watched`).
+        self.owners = Owners()
+        for intent_id in self.watched:
+            self.owners.add(
+                intent_id, start.exchanges.get(intent_id), start.placements.get(intent_id, 0)
+            )
 
     @workflow.signal
     async def watch(self, request: WatchRequest) -> None:
         self.watched[request.intent_id] = request.symbol
+        self.owners.add(request.intent_id, request.exchange, request.placement)
         self.fresh.add(request.intent_id)
         reason = self._halt_reason(request.symbol)
         if reason is not None:
@@ -170,7 +176,11 @@ class AccountSyncWorkflow:
 
     @workflow.signal
     def unwatch(self, intent_id: str) -> None:
+        self._forget(intent_id)
+
+    def _forget(self, intent_id: str) -> None:
         self.watched.pop(intent_id, None)
+        self.owners.discard(intent_id)
 
     @workflow.signal
     def sync_now(self) -> None:
@@ -203,6 +213,8 @@ class AccountSyncWorkflow:
                             "round": self.round,
                             "halts": self.halt_reasons,
                             "cancel_all": self.cancel_all,
+                            "exchanges": self._exchanges(),
+                            "placements": {i: self.owners.placement(i) for i in self.watched},
                         }
                     )
                 )
@@ -221,6 +233,10 @@ class AccountSyncWorkflow:
     def _symbols(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.watched.values())))
 
+    def _exchanges(self) -> dict[str, str]:
+        exchanges = {i: self.owners.exchange(i) for i in self.watched}
+        return {i: e for i, e in exchanges.items() if e is not None}
+
     async def _round(self) -> None:
         self.round += 1
         request = SyncRequest(
@@ -228,7 +244,7 @@ class AccountSyncWorkflow:
             symbols=self._symbols(),
             round=self.round,
             trade_cursor=self.trade_cursor,
-            new_digests=tuple(sorted(intent_digest(i) for i in self.fresh if i in self.watched)),
+            new_digests=tuple(sorted(self.owners.key(i) for i in self.fresh if i in self.watched)),
         )
         self.fresh = set()
         try:
@@ -244,28 +260,36 @@ class AccountSyncWorkflow:
             )
         except ActivityError as error:
             self.last_error = str(error.cause or error)
-            self.fresh.update(intent_id_of(request.new_digests, self.watched))
+            for key in request.new_digests:
+                intent_id = self.owners.owner_of_key(key)
+                if intent_id is not None:
+                    self.fresh.add(intent_id)
             return
         self.last_error = None
         self.last_round_at = workflow.now()
         self.trade_cursor = dict(result.trade_cursor)
-        by_digest = {intent_digest(intent_id): intent_id for intent_id in self.watched}
         sends = []
         for order in result.changed:
-            intent_id = by_digest.get(digest_of(order.client_order_id) or "")
-            if intent_id is not None:
-                sends.append(self._signal(intent_id, "observed", order))
-        for digest in result.not_open:
+            # None: not a watched intent's (another kernel's, by hand, or an opaque-form id
+            # no watched intent claims).
+            owner = self.owners.owner(order.client_order_id)
+            if owner is not None:
+                sends.append(self._signal(owner[0], "observed", order))
+        for key in result.not_open:
             # Filled or cancelled before this sync ever saw it open: let the intent look.
-            intent_id = by_digest.get(digest)
+            intent_id = self.owners.owner_of_key(key)
             if intent_id is not None:
                 sends.append(self._signal(intent_id, "resync", None))
         if result.open_client_order_ids is not None:
             # No snapshot to diff against: every watched intent without an open order may
             # have missed something; let each look for itself once.
-            open_digests = {digest_of(cid) for cid in result.open_client_order_ids}
-            for digest, intent_id in by_digest.items():
-                if digest not in open_digests:
+            with_open = set()
+            for cid in result.open_client_order_ids:
+                owner = self.owners.owner(cid)
+                if owner is not None:
+                    with_open.add(owner[0])
+            for intent_id in self.watched:
+                if intent_id not in with_open:
                     sends.append(self._signal(intent_id, "resync", None))
         if sends:
             await asyncio.gather(*sends)
@@ -280,4 +304,4 @@ class AccountSyncWorkflow:
             self.signals_sent += 1
         except Exception:
             # The intent has finished (and its unwatch is on the way or lost): stop watching.
-            self.watched.pop(intent_id, None)
+            self._forget(intent_id)

@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from exchange_kernel import reconcile
+    from exchange_kernel import client_ids, reconcile
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.devserver import (
         EXCHANGE_ORDER_IDS,
@@ -40,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         WatchRequest,
         account_sync_id,
         group_workflow_id,
-        intent_digest,
     )
     from exchange_kernel.worker.metrics import IntentMetrics
 
@@ -272,14 +271,21 @@ class OrderIntentWorkflow:
             return False
         intent = self.state.intent
         live = self.state.live_placement
-        if live is None or intent_digest(intent.intent_id) not in live.client_order_id:
+        exchange = self.state.rules.exchange if self.state.rules is not None else None
+        if live is None or not client_ids.belongs_to(
+            live.client_order_id, intent.intent_id, live.number, exchange
+        ):
             # An adopted order carries another client order id: the sync cannot map it to us.
             return False
         handle = workflow.get_external_workflow_handle(account_sync_id(intent.account))
+        request = WatchRequest(
+            intent_id=intent.intent_id,
+            symbol=self.state.desired.symbol,
+            exchange=exchange,
+            placement=live.number,
+        )
         try:
-            await handle.signal(
-                "watch", WatchRequest(intent_id=intent.intent_id, symbol=self.state.desired.symbol)
-            )
+            await handle.signal("watch", request)
         except Exception as exc:  # the sync is not running: fall back to polling
             self.watch_refused = True
             self._note("polling", f"no account sync to watch this intent: {exc}")

@@ -48,6 +48,7 @@ from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedErr
 from temporalio.service import RPCError, RPCStatusCode
 
 from exchange_kernel.client import IntentClient, IntentNotFound, IntentRejected
+from exchange_kernel.client_ids import Owners, belongs_to
 from exchange_kernel.connection import TemporalUnreachable, connect
 from exchange_kernel.devserver import INTENT_STATUS, DevServer, DevServerError, free_port
 from exchange_kernel.models import (
@@ -58,7 +59,6 @@ from exchange_kernel.models import (
     OrderType,
     ReconciliationStatus,
     TimeInForce,
-    intent_digest,
 )
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, running_sim
 
@@ -1446,15 +1446,20 @@ class Chaos:
         # After the chaos only the kernel acts (its own orders may still take liquidity).
         c["trades_after_stop"] = len(trades) - self.trades_at_stop
         c["exchange_requests"] = await self._request_total()
-        by_digest = {intent_digest(i): i for i in self.tracked}
+        # Both accounts are the paper exchange (binance): ids in the workflow's form for it.
+        owners = Owners()
+        for i in self.tracked:
+            owners.add(i, "binance")
         key_to_account = {v: k for k, v in self.account_keys.items()}
         of_intent: dict[str, list[dict[str, Any]]] = defaultdict(list)
         per_client_id: Counter[tuple[str, str]] = Counter()
         for o in orders:
             coid = str(o["client_order_id"])
             per_client_id[(o["account"], coid)] += 1
-            parts = coid.split("-")
-            intent_id = by_digest.get(parts[1]) if len(parts) == 3 and parts[0] == "ek" else None
+            owner = owners.owner(coid)
+            intent_id = None
+            if owner is not None and belongs_to(coid, *owner, "binance"):
+                intent_id = owner[0]
             if intent_id is None:
                 report.violate("unattributed", f"order {o['order_id']} {coid}: no such intent")
                 continue
