@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# `make test` also installs the otel extra (the OpenTelemetry test needs it); `make demo` doesn't.
+TEST_STAMP := $(VENV)/.installed-test-stamp
 DATA   := .exchange-kernel
 
 .PHONY: venv test lint format demo stop histories bench chaos clean
@@ -12,6 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,otel]'
+	touch $(TEST_STAMP)
 
 venv: $(STAMP)
 
@@ -23,7 +29,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Starts the dev server + paper exchange + worker in the background, runs the example strategy,

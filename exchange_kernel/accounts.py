@@ -42,6 +42,10 @@ class AccountConfig(Value):
     # Pre-trade limit: an intent (or a modification) whose notional, amount x price in the
     # quote currency, is above this is rejected naming the limit.
     max_notional_per_intent: Decimal | None = None
+    # Exchange requests per second that all the workers serving the account may send together:
+    # the account task queue's rate limit derives from it (`activities_per_second`). Default:
+    # ccxt's rateLimit for the exchange (1000 / rateLimit ms).
+    max_requests_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     # Pre-trade limit: what the account may have resting on one symbol (remaining x price of
     # its open orders, plus the order about to be placed), in the symbol's quote currency.
     # One number for every symbol, or a table: symbol -> limit, "*" for the symbols not listed.
@@ -280,6 +284,30 @@ def ensure_capabilities(accounts: dict[str, AccountConfig]) -> None:
     problems = [problem for config in accounts.values() for problem in check_capabilities(config)]
     if problems:
         raise AccountConfigError("; ".join(problems))
+
+
+#: An exchange activity sends one to three requests: a first placement one (create), a retried
+#: one two (look up, then create), one more when it filled (its trades); a sync round two per
+#: symbol. The account task queue admits `requests_per_second / REQUESTS_PER_ACTIVITY`
+#: activities per second, across all workers.
+REQUESTS_PER_ACTIVITY = 2.0
+
+
+def requests_per_second(config: AccountConfig) -> float | None:
+    """The account's request budget: `max_requests_per_second`, else ccxt's `rateLimit` (ms
+    between requests) as requests per second; None if ccxt has none."""
+    if config.max_requests_per_second is not None:
+        return config.max_requests_per_second
+    # Built as the worker builds it (the paper exchange's client has its own rateLimit), without
+    # credentials: constructing a ccxt client does no I/O and opens no session.
+    rate_limit = getattr(_make_client(config, "", ""), "rateLimit", None)
+    return 1000 / float(rate_limit) if rate_limit else None
+
+
+def activities_per_second(config: AccountConfig) -> float | None:
+    """The account task queue's rate limit (Temporal's max_task_queue_activities_per_second)."""
+    requests = requests_per_second(config)
+    return None if requests is None else requests / REQUESTS_PER_ACTIVITY
 
 
 def build_client(config: AccountConfig) -> ccxt_async.Exchange:

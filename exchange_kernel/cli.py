@@ -66,6 +66,14 @@ AddressOption = Annotated[
 NamespaceOption = Annotated[
     str | None, typer.Option("--namespace", help="Temporal namespace (default: envconfig)")
 ]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="profile of temporal.toml (envconfig; file from TEMPORAL_CONFIG_FILE; "
+        "default: TEMPORAL_PROFILE, else 'default')",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable JSON output")]
 MetricsPortOption = Annotated[
     str | None,
@@ -102,12 +110,15 @@ def run(coroutine: Awaitable[T]) -> T:
 
 
 def with_client(
-    address: str | None, namespace: str | None, action: Callable[[IntentClient], Awaitable[T]]
+    address: str | None,
+    namespace: str | None,
+    profile: str | None,
+    action: Callable[[IntentClient], Awaitable[T]],
 ) -> T:
     """Connect an IntentClient, run one call, turn the usual failures into clear errors."""
 
     async def main() -> T:
-        client = await IntentClient.connect(address, namespace)
+        client = await IntentClient.connect(address, namespace, profile=profile)
         return await action(client)
 
     return run(main())
@@ -164,16 +175,22 @@ def sim(
 @app.command()
 def worker(
     accounts: Annotated[
-        Path, typer.Option("--accounts", help="accounts TOML file ([accounts.NAME] tables)")
+        Path, typer.Option("--accounts", help="accounts TOML file (\\[accounts.NAME] tables)")
     ],
     task_queue: Annotated[str, typer.Option(help="Temporal task queue")] = TASK_QUEUE,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
     metrics_port: MetricsPortOption = None,
     otel: OtelOption = False,
 ) -> None:
-    """Run a worker: the intent workflows and the exchange activities for the given accounts."""
-    from exchange_kernel.connection import connect
+    """Run a worker: the intent workflows and the exchange activities for the given accounts.
+
+    Each account's exchange activities run on the task queue TASK_QUEUE-account-NAME, which
+    Temporal rate-limits across every worker serving the account: max_requests_per_second of
+    the accounts file, else ccxt's rateLimit, divided by 2 requests per activity."""
+    from exchange_kernel.accounts import activities_per_second
+    from exchange_kernel.connection import account_task_queue, connect
     from exchange_kernel.worker import run_worker
 
     try:
@@ -189,14 +206,22 @@ def worker(
 
     async def main() -> None:
         if telemetry.runtime is None:
-            client = (await IntentClient.connect(address, namespace)).temporal
+            client = (await IntentClient.connect(address, namespace, profile=profile)).temporal
         else:  # the metrics endpoint serves the runtime that the client connects with
-            client = await connect(address, namespace, runtime=telemetry.runtime)
+            client = await connect(address, namespace, profile=profile, runtime=telemetry.runtime)
         client = telemetry.traced(client)
         stop = _stop_on_signals()
         console.print(
             f"worker on {task_queue}, accounts: {', '.join(sorted(configured))} (Ctrl-C stops)"
         )
+        for name, config in sorted(configured.items()):
+            rate = activities_per_second(config)
+            limit = "no rate limit" if rate is None else f"at most {rate:g} activities/s"
+            console.print(
+                f"  account {name}: task queue {account_task_queue(task_queue, name)}, {limit}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if telemetry.url:
             console.print(f"metrics on {telemetry.url}")
         await run_worker(client, configured, task_queue, stop, metrics=telemetry.metrics)
@@ -260,6 +285,7 @@ def submit(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Submit an order intent. Validated here, before anything is started."""
     try:
@@ -283,7 +309,7 @@ def submit(
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    state = with_client(address, namespace, lambda client: client.submit(intent))
+    state = with_client(address, namespace, profile, lambda client: client.submit(intent))
     if as_json:
         print(json.dumps({"intent_id": intent.intent_id, "workflow_id": intent.workflow_id}))
     else:
@@ -300,6 +326,7 @@ def modify(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Change an intent's price and/or amount (validated by the intent; rejections say why)."""
     if price is None and amount is None:
@@ -313,7 +340,7 @@ def modify(
         raise fail(f"{intent_id!r} is not a valid intent id", 2)
 
     async def main() -> IntentState:
-        client = await IntentClient.connect(address, namespace)
+        client = await IntentClient.connect(address, namespace, profile=profile)
         return await client.modify(intent_id, price=change.price, amount=change.amount)
 
     show_state(run(main()), as_json)
@@ -327,11 +354,12 @@ def cancel(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Cancel an intent (its exchange order is cancelled; fills are kept)."""
 
     async def main() -> IntentState:
-        client = await IntentClient.connect(address, namespace)
+        client = await IntentClient.connect(address, namespace, profile=profile)
         return await client.cancel(intent_id, reason)
 
     show_state(run(main()), as_json)
@@ -343,11 +371,12 @@ def status(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Show one intent: desired, exchange orders, fills, status, recent actions."""
 
     async def main() -> IntentState:
-        client = await IntentClient.connect(address, namespace)
+        client = await IntentClient.connect(address, namespace, profile=profile)
         return await client.state(intent_id)
 
     show_state(run(main()), as_json)
@@ -365,11 +394,12 @@ def list_intents(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """List intents from Temporal's visibility (search attributes), newest first."""
 
     async def main() -> list[IntentListing]:
-        client = await IntentClient.connect(address, namespace)
+        client = await IntentClient.connect(address, namespace, profile=profile)
         return await client.list(
             account=account, symbol=symbol, group=group, status=intent_status, limit=limit
         )
@@ -394,14 +424,6 @@ def list_intents(
 
 
 # --- deployment: setup, accounts check -------------------------------------------------------
-
-ProfileOption = Annotated[
-    str | None,
-    typer.Option(
-        "--profile",
-        help="envconfig profile of temporal.toml (default: TEMPORAL_PROFILE, else 'default')",
-    ),
-]
 
 
 @app.command(name="setup")
@@ -639,6 +661,7 @@ def halt(
     "command line",
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Kill switch: refuse new intents and risk-increasing changes (cancels still work).
     Durable until `resume`."""
@@ -646,6 +669,7 @@ def halt(
     halts = with_client(
         address,
         namespace,
+        profile,
         lambda client: client.halt(account, symbol, cancel_all=cancel_all, reason=reason),
     )
     scope = symbol or "all symbols"
@@ -660,10 +684,11 @@ def resume(
     symbol: Annotated[str | None, typer.Option(help="the market halted on its own")] = None,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Lift a halt set with `halt` (for the account, or for one symbol)."""
 
-    halts = with_client(address, namespace, lambda client: client.resume(account, symbol))
+    halts = with_client(address, namespace, profile, lambda client: client.resume(account, symbol))
     console.print(f"resumed {account} ({symbol or 'all symbols'}); still halted: {halts or '-'}")
 
 
@@ -682,12 +707,13 @@ def orphans_list(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Open orders without a running intent: ours left behind ("kernel") or placed by hand
     ("manual"). Scans the symbols the account's intents use, plus --symbol."""
 
     found = with_client(
-        address, namespace, lambda client: client.orphans(account, tuple(symbol or ()))
+        address, namespace, profile, lambda client: client.orphans(account, tuple(symbol or ()))
     )
     if as_json:
         print(json.dumps([o.model_dump(mode="json") for o in found], indent=2))
@@ -718,11 +744,12 @@ def orphans_adopt(
     ] = None,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Make an orphan order an intent that manages it from now on."""
 
     async def main() -> IntentState:
-        client = await IntentClient.connect(address, namespace)
+        client = await IntentClient.connect(address, namespace, profile=profile)
         for orphan in await client.orphans(account, tuple(symbol or ())):
             if orphan.order.client_order_id == client_order_id:
                 new_id = intent_id or f"adopted-{uuid.uuid4().hex[:10]}"
@@ -740,11 +767,15 @@ def orphans_cancel(
     symbol: Annotated[str, typer.Option(help="its market, e.g. BTC/USDT")],
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Cancel an order that no intent owns."""
 
     order = with_client(
-        address, namespace, lambda client: client.cancel_orphan(account, symbol, client_order_id)
+        address,
+        namespace,
+        profile,
+        lambda client: client.cancel_orphan(account, symbol, client_order_id),
     )
     console.print(f"{client_order_id}: {getattr(order, 'status', 'not found')}")
 
@@ -769,6 +800,7 @@ def group_bracket(
     strategy: Annotated[str | None, typer.Option(help="strategy id")] = None,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """An entry whose fills are protected by a take-profit / stop-loss pair sized to them."""
     try:
@@ -791,7 +823,7 @@ def group_bracket(
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    with_client(address, namespace, lambda client: client.submit_group(group))
+    with_client(address, namespace, profile, lambda client: client.submit_group(group))
     console.print(
         f"bracket [bold]{group.group_id}[/]: entry {group.leg_id('entry')}, "
         f"take profit @ {take_profit}, stop loss @ {stop_loss}"
@@ -805,6 +837,7 @@ def group_oco(
     ],
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Submit an OCO group from a JSON file: when one member fills, the others are cancelled."""
     try:
@@ -815,7 +848,7 @@ def group_oco(
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    with_client(address, namespace, lambda client: client.submit_group(group))
+    with_client(address, namespace, profile, lambda client: client.submit_group(group))
     members = ", ".join(m.intent_id for m in group.members)
     console.print(f"OCO [bold]{group.group_id}[/]: {members}")
 
@@ -826,10 +859,11 @@ def group_status(
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """A group's members, what triggered it, and any overfill."""
 
-    state = with_client(address, namespace, lambda client: client.group_state(group_id))
+    state = with_client(address, namespace, profile, lambda client: client.group_state(group_id))
     if as_json:
         print(state.model_dump_json(indent=2))
         return
@@ -851,10 +885,11 @@ def group_cancel(
     "the command line",
     address: AddressOption = None,
     namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
 ) -> None:
     """Cancel every live member of a group (fills are kept)."""
 
-    with_client(address, namespace, lambda client: client.cancel_group(group_id, reason))
+    with_client(address, namespace, profile, lambda client: client.cancel_group(group_id, reason))
     console.print(f"cancelling group {group_id}")
 
 

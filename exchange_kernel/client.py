@@ -102,9 +102,13 @@ class IntentClient:
         address: str | None = None,
         namespace: str | None = None,
         task_queue: str = TASK_QUEUE,
+        *,
+        profile: str | None = None,
     ) -> IntentClient:
+        """Connect through envconfig (`profile` of temporal.toml, default TEMPORAL_PROFILE or
+        'default'; TEMPORAL_* variables), overridden by `address` and `namespace`."""
         try:
-            client = await connect(address, namespace)
+            client = await connect(address, namespace, profile=profile)
         except ValueError as exc:
             # temporalio refuses a malformed target ("invalid port number") without naming it.
             raise TemporalUnreachable(

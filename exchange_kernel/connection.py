@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "localhost:7233"
 TASK_QUEUE = "exchange-kernel"
 CONNECT_TIMEOUT = timedelta(seconds=5)
+#: `workflow.patched` id of the change that moved exchange activities to account task queues.
+#: Runs recorded before it keep scheduling them on the workflow's own task queue.
+ACCOUNT_TASK_QUEUE_PATCH = "account-task-queue"
+
+
+def account_task_queue(task_queue: str, account: str) -> str:
+    """The task queue of `account`'s exchange activities, for workflows running on `task_queue`.
+
+    Pure and deterministic (workflows call it): every worker serving the account polls this
+    queue with the account's rate limit, which Temporal enforces across all of them."""
+    return f"{task_queue}-account-{account}"
 
 
 class TemporalUnreachable(ConnectionError):

@@ -21,14 +21,17 @@ from typer.testing import CliRunner
 from exchange_kernel import client_ids
 from exchange_kernel.accounts import (
     CLIENT_ID_LOOKUP,
+    REQUESTS_PER_ACTIVITY,
     AccountConfig,
     AccountConfigError,
+    activities_per_second,
     build_client,
     capabilities,
     capability_client,
     check_capabilities,
     ensure_capabilities,
     load_accounts,
+    requests_per_second,
 )
 from exchange_kernel.cli import app
 from exchange_kernel.devserver import free_port
@@ -155,6 +158,38 @@ def test_client_id_lookup_is_an_accounts_file_field(tmp_path: Path) -> None:
         "client_id_lookup = true\n"
     )
     assert load_accounts(path)["main"].client_id_lookup is True
+
+
+# --- the account task queue's rate limit --------------------------------------------------------
+
+
+def test_the_account_rate_limit_comes_from_ccxt_or_the_accounts_file(tmp_path: Path) -> None:
+    binance_ms = ccxt.binance().rateLimit  # ms between requests: 50 in ccxt 4.5
+    assert requests_per_second(account()) == pytest.approx(1000 / binance_ms)
+    assert activities_per_second(account()) == pytest.approx(
+        1000 / binance_ms / REQUESTS_PER_ACTIVITY
+    )
+    # The paper exchange's client is built as the worker builds it: its own 5 ms.
+    paper = account(base_url="http://127.0.0.1:1")
+    assert requests_per_second(paper) == pytest.approx(200)
+    # An options override of ccxt's rateLimit counts; an explicit budget wins over both.
+    assert requests_per_second(account(options={"rateLimit": 250})) == pytest.approx(4)
+    explicit = account(options={"rateLimit": 250}, max_requests_per_second=3)
+    assert activities_per_second(explicit) == pytest.approx(3 / REQUESTS_PER_ACTIVITY)
+
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        '[accounts.main]\nexchange = "okx"\napi_key_env = "K"\nsecret_env = "S"\n'
+        "max_requests_per_second = 8\n"
+    )
+    assert activities_per_second(load_accounts(path)["main"]) == pytest.approx(4)
+    for bad in ("0", "-1", '"fast"'):
+        path.write_text(
+            '[accounts.main]\nexchange = "okx"\napi_key_env = "K"\nsecret_env = "S"\n'
+            f"max_requests_per_second = {bad}\n"
+        )
+        with pytest.raises(AccountConfigError, match="max_requests_per_second"):
+            load_accounts(path)
 
 
 # --- client order ids ---------------------------------------------------------------------------

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
-from typer.testing import CliRunner
+from temporalio.client import Client
+from typer.testing import CliRunner, Result
 
 from exchange_kernel.cli import app
+from exchange_kernel.client import IntentClient
 from exchange_kernel.devserver import free_port
+from exchange_kernel.models import IntentStatus, OrderIntent, OrderSpec
 
 runner = CliRunner()
+
+#: Every command that connects to Temporal (`dev` starts its own server; `sim`, `metrics` and
+#: `accounts check` never connect).
+TEMPORAL_COMMANDS = (
+    ["worker"],
+    ["setup"],
+    ["submit"],
+    ["modify"],
+    ["cancel"],
+    ["status"],
+    ["list"],
+    ["halt"],
+    ["resume"],
+    ["orphans", "list"],
+    ["orphans", "adopt"],
+    ["orphans", "cancel"],
+    ["group", "bracket"],
+    ["group", "oco"],
+    ["group", "status"],
+    ["group", "cancel"],
+)
 
 
 def test_every_command_has_help() -> None:
@@ -18,6 +46,14 @@ def test_every_command_has_help() -> None:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
         assert "Usage" in result.output
+
+
+def test_every_command_that_connects_to_temporal_takes_a_profile() -> None:
+    for command in TEMPORAL_COMMANDS:
+        result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (command, result.output)
+        assert "--profile" in result.output, command
+        assert "temporal.toml" in result.output, command
 
 
 def test_submit_with_bad_amount_names_the_field_and_starts_nothing() -> None:
@@ -70,3 +106,75 @@ def test_worker_with_missing_credentials_names_the_variable(tmp_path: Path) -> N
     result = runner.invoke(app, ["worker", "--accounts", str(accounts)])
     assert result.exit_code == 2
     assert "EK_TEST_UNSET_KEY" in result.output
+
+
+# --- --profile: a profile of temporal.toml (temporalio.envconfig) ------------------------------
+
+
+async def test_profile_selects_the_connection_of_temporal_toml(
+    temporal_client: Client, intents: IntentClient, tmp_path: Path
+) -> None:
+    server = temporal_client.service_client.config.target_host
+    stopped = f"127.0.0.1:{free_port()}"  # nothing listens there
+    config = tmp_path / "temporal.toml"
+    config.write_text(
+        f'[profile.default]\naddress = "{stopped}"\n\n'
+        f'[profile.kernel]\naddress = "{server}"\nnamespace = "{temporal_client.namespace}"\n\n'
+        f'[profile.down]\naddress = "{stopped}"\n'
+    )
+    # Only the file speaks: no TEMPORAL_* variable of the machine running the tests may.
+    env: dict[str, str | None] = {
+        "TEMPORAL_CONFIG_FILE": str(config),
+        "TEMPORAL_PROFILE": None,
+        "TEMPORAL_ADDRESS": None,
+        "TEMPORAL_NAMESPACE": None,
+    }
+
+    def cli(*args: str, **variables: str) -> Result:
+        return runner.invoke(app, list(args), env={**env, **variables})
+
+    async def invoke(*args: str, **variables: str) -> Any:
+        return await asyncio.to_thread(cli, *args, **variables)
+
+    intent = OrderIntent(
+        intent_id=f"profile-{uuid.uuid4().hex[:10]}",
+        account="paper",
+        order=OrderSpec(symbol="BTC/USDT", side="buy", amount="0.01", price="1000"),
+    )
+    await intents.submit(intent)
+    await intents.wait_for(intent.intent_id, lambda s: s.status is IntentStatus.OPEN)
+
+    shown = await invoke("status", intent.intent_id, "--profile", "kernel", "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["intent"]["intent_id"] == intent.intent_id
+
+    # The flag is TEMPORAL_PROFILE's equivalent, and wins over it.
+    through_env = await invoke("status", intent.intent_id, "--json", TEMPORAL_PROFILE="kernel")
+    assert through_env.exit_code == 0, through_env.output
+    overridden = await invoke(
+        "status", intent.intent_id, "--profile", "kernel", "--json", TEMPORAL_PROFILE="down"
+    )
+    assert overridden.exit_code == 0, overridden.output
+
+    async with asyncio.timeout(30):  # visibility lags the start by a moment
+        while True:
+            listed = await invoke("list", "--account", "paper", "--profile", "kernel", "--json")
+            assert listed.exit_code == 0, listed.output
+            if intent.intent_id in {row["intent_id"] for row in json.loads(listed.output)}:
+                break
+            await asyncio.sleep(0.3)
+
+    # A profile whose server is down: the usual one-line connection error, naming the address.
+    for args in (["--profile", "down"], []):  # no flag: the file's default profile
+        down = await invoke("status", intent.intent_id, *args)
+        assert down.exit_code == 1, down.output
+        assert "cannot reach the Temporal server" in down.output
+        assert stopped in down.output
+    unknown = await invoke("status", intent.intent_id, "--profile", "nope")
+    assert unknown.exit_code == 1, unknown.output
+    assert "Profile 'nope' not found" in unknown.output
+
+    cancelled = await invoke("cancel", intent.intent_id, "--profile", "kernel", "--json")
+    assert cancelled.exit_code == 0, cancelled.output
+    final = await intents.result(intent.intent_id)
+    assert final.status is IntentStatus.CANCELED

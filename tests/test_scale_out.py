@@ -1,5 +1,6 @@
 """Scale-out: two worker processes on one task queue share the intents; one is SIGKILLed midway
-and the other carries every intent on, the killed one's included."""
+and the other carries every intent on, the killed one's included. And the account's rate limit
+is Temporal's, per account task queue: a second worker does not add to the exchange's load."""
 
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
+from exchange_kernel.accounts import REQUESTS_PER_ACTIVITY
 from exchange_kernel.client import IntentClient
-from exchange_kernel.connection import connect
+from exchange_kernel.connection import account_task_queue, connect
 from exchange_kernel.devserver import DevServer, free_port
 from exchange_kernel.models import IntentStatus, OrderIntent, OrderSpec, intent_digest
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, running_sim
+from exchange_kernel.worker.run import WORKFLOWS
 from tests.conftest import Paper
 from tests.test_intents import resting
 
@@ -62,15 +67,35 @@ def start_worker(accounts: Path, address: str, log: Path) -> WorkerProcess:
     return WorkerProcess(process, log)
 
 
-async def activity_pollers(client: Client) -> set[str]:
+async def activity_pollers(client: Client, task_queue: str = TASK_QUEUE) -> set[str]:
     response = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
             namespace=client.namespace,
-            task_queue=TaskQueue(name=TASK_QUEUE),
+            task_queue=TaskQueue(name=task_queue),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
         )
     )
     return {poller.identity for poller in response.pollers}
+
+
+async def wait_polling(client: Client, workers: list[WorkerProcess], task_queue: str) -> None:
+    identities = {w.identity for w in workers}
+    async with asyncio.timeout(90):
+        while not identities <= await activity_pollers(client, task_queue):
+            for w in workers:
+                assert w.process.poll() is None, f"worker exited:\n{w.tail()}"
+            await asyncio.sleep(0.25)
+
+
+def stop_workers(workers: list[WorkerProcess]) -> None:
+    for w in workers:
+        if w.process.poll() is None:
+            w.process.send_signal(signal.SIGTERM)
+            try:
+                w.process.wait(30)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
 
 
 async def activity_identities(client: Client, intent: OrderIntent) -> set[str]:
@@ -118,11 +143,7 @@ async def test_two_workers_share_the_work_and_survive_one_being_killed(
     workers = [start_worker(accounts, server.target, tmp_path / f"worker-{n}.log") for n in (1, 2)]
     try:
         identities = {w.identity for w in workers}
-        async with asyncio.timeout(90):
-            while not identities <= await activity_pollers(client):
-                for w in workers:
-                    assert w.process.poll() is None, f"worker exited:\n{w.tail()}"
-                await asyncio.sleep(0.25)
+        await wait_polling(client, workers, account_task_queue(TASK_QUEUE, "paper"))
 
         # First half while both run. Prices 29000 .. 29019: all below the market, resting.
         batch = [new_intent(str(29000 + i)) for i in range(INTENTS)]
@@ -161,11 +182,103 @@ async def test_two_workers_share_the_work_and_survive_one_being_killed(
         assert survivor.identity in after_kill
         assert survivor.process.poll() is None, survivor.tail()
     finally:
-        for w in workers:
-            if w.process.poll() is None:
-                w.process.send_signal(signal.SIGTERM)
-                try:
-                    w.process.wait(30)
-                except subprocess.TimeoutExpired:
-                    w.process.kill()
-                    w.process.wait()
+        stop_workers(workers)
+
+
+# --- the account's rate limit holds across workers -------------------------------------------
+
+# The account's request budget (accounts file): 4 requests/s = 2 activities/s on its task queue.
+REQUEST_BUDGET = 4
+ACTIVITY_LIMIT = REQUEST_BUDGET / REQUESTS_PER_ACTIVITY
+BURST = 16  # placements per phase, submitted at once
+# Temporal's limiter lets a burst through first (a token per task queue partition, 4 by
+# default): the rates are measured from the fifth placement on.
+SKIP = 4
+ORDER = "/api/v3/order"
+
+
+async def placement_burst(
+    intents: IntentClient, paper: Paper, client: Client, base_price: int
+) -> tuple[float, float, set[str], list[OrderIntent]]:
+    """Submit BURST resting intents at once: (placements/s, exchange requests/s) from the
+    placement after the burst allowance to the last, and who ran the intents' activities."""
+    batch = [new_intent(str(base_price + i)) for i in range(BURST)]
+    seen = (await paper.admin("GET", "requests?limit=0"))["total"]
+    await asyncio.gather(*(intents.submit(i) for i in batch))
+    for intent in batch:
+        await intents.wait_for(intent.intent_id, resting, within=timedelta(seconds=120))
+    recent = [r for r in (await paper.admin("GET", "requests"))["recent"] if r["seq"] > seen]
+    placed = sorted(r["time"] for r in recent if r["method"] == "POST" and r["path"] == ORDER)
+    assert len(placed) == BURST, placed
+    start, end = placed[SKIP], placed[-1]
+    span = (end - start) / 1000
+    # Every request of the account's activities: placements and sync rounds (market rules come
+    # from the workers' caches; a new worker's one exchangeInfo is not an account activity's).
+    requests = [r for r in recent if start <= r["time"] <= end and "exchangeInfo" not in r["path"]]
+    ran = set().union(*[await activity_identities(client, i) for i in batch])
+    return (BURST - 1 - SKIP) / span, len(requests) / span, ran, batch
+
+
+async def test_the_account_rate_limit_holds_across_workers(
+    cluster: tuple[DevServer, Paper, Path], tmp_path: Path
+) -> None:
+    """A second worker serving the account does not add to its exchange load: Temporal hands
+    out the account task queue's activities at the account's limit, whoever polls it."""
+    server, paper, _ = cluster
+    accounts = tmp_path / "limited.toml"
+    accounts.write_text(
+        '[accounts.paper]\nexchange = "binance"\napi_key_env = "EK_SCALE_KEY"\n'
+        f'secret_env = "EK_SCALE_SECRET"\nbase_url = "{paper.base_url}"\n'
+        f"max_requests_per_second = {REQUEST_BUDGET}\n"
+    )
+    client = await connect(server.target)
+    intents = IntentClient(client, TASK_QUEUE)
+    queue = account_task_queue(TASK_QUEUE, "paper")
+    await paper.move_price("BTC/USDT", "30000")
+
+    workers = [start_worker(accounts, server.target, tmp_path / "worker-1.log")]
+    try:
+        await wait_polling(client, workers, queue)
+        assert f"{queue}, at most {ACTIVITY_LIMIT:g} activities/s" in workers[0].tail()
+        one_placements, one_requests, ran_one, batch = await placement_burst(
+            intents, paper, client, 28000
+        )
+
+        workers.append(start_worker(accounts, server.target, tmp_path / "worker-2.log"))
+        await wait_polling(client, workers, queue)
+        two_placements, two_requests, ran_two, _ = await placement_burst(
+            intents, paper, client, 27000
+        )
+        history = await client.get_workflow_handle(batch[0].workflow_id).fetch_history()
+    finally:
+        stop_workers(workers)
+
+    # Where the intent's activities went: market rules on the workflow's queue (ccxt's cache,
+    # eager start), the exchange calls on the account's; and the new commands replay.
+    scheduled = [
+        (
+            event.activity_task_scheduled_event_attributes.activity_type.name,
+            event.activity_task_scheduled_event_attributes.task_queue.name,
+        )
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled == [("load_market", TASK_QUEUE), ("place_order", queue)], scheduled
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+
+    figures = (
+        f"limit {ACTIVITY_LIMIT:g} activities/s; one worker: {one_placements:.2f} placements/s, "
+        f"{one_requests:.2f} requests/s; two workers: {two_placements:.2f} placements/s, "
+        f"{two_requests:.2f} requests/s"
+    )
+    print(figures)
+    assert ran_one == {workers[0].identity}, figures
+    assert ran_two == {w.identity for w in workers}, figures  # both served the account
+    # Upper bounds only, with room: a busy machine can only make the rates lower. Without the
+    # limit the whole burst is placed within a second or so (tens of placements per second).
+    assert two_placements <= 1.5 * one_placements, figures
+    assert two_requests <= 1.5 * one_requests, figures
+    for placements, requests in ((one_placements, one_requests), (two_placements, two_requests)):
+        assert placements <= 1.5 * ACTIVITY_LIMIT, figures  # one activity per placement
+        assert requests <= 1.5 * REQUEST_BUDGET, figures

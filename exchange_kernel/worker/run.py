@@ -6,15 +6,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from exchange_kernel.accounts import AccountConfig, ExchangePool, ensure_capabilities
+from exchange_kernel.accounts import (
+    AccountConfig,
+    ExchangePool,
+    activities_per_second,
+    ensure_capabilities,
+)
 from exchange_kernel.activities.exchange import ExchangeActivities
-from exchange_kernel.connection import TASK_QUEUE
+from exchange_kernel.connection import TASK_QUEUE, account_task_queue
 from exchange_kernel.models import account_sync_id
 from exchange_kernel.worker.metrics import IntentGauges
 from exchange_kernel.workflows.account_sync import AccountSyncStart, AccountSyncWorkflow
@@ -32,22 +38,94 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 )
 
 
+class KernelWorker:
+    """The kernel's Temporal workers in one process, run, entered and shut down together.
+
+    `main` polls the task queue: the workflows, market rules (`load_market`, which can start
+    eagerly there), and the exchange activities of runs recorded before account task queues
+    (they keep scheduling on their own queue). `accounts` has one
+    activity-only worker per account, polling `account_task_queue(task_queue, account)` with
+    the account's rate limit: Temporal dispatches at most that many of the account's activities
+    per second, however many workers poll the queue (docs/operations.md, scale-out).
+    """
+
+    def __init__(self, main: Worker, accounts: dict[str, Worker]) -> None:
+        self.main = main
+        self.accounts = accounts
+        self.workers = [main, *accounts.values()]
+
+    @property
+    def task_queue(self) -> str:
+        return self.main.task_queue
+
+    @property
+    def is_running(self) -> bool:
+        return self.main.is_running
+
+    async def run(self) -> None:
+        """Run every worker until `shutdown()`; a fatal error in one shuts the others down."""
+        tasks = [asyncio.create_task(w.run()) for w in self.workers]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            await asyncio.gather(*(w.shutdown() for w in self.workers), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(w.shutdown() for w in self.workers))
+
+    async def __aenter__(self) -> KernelWorker:
+        entered: list[Worker] = []
+        try:
+            for worker in self.workers:
+                await worker.__aenter__()
+                entered.append(worker)
+        except BaseException:
+            await asyncio.gather(
+                *(w.__aexit__(None, None, None) for w in entered), return_exceptions=True
+            )
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        results = await asyncio.gather(
+            *(w.__aexit__(*exc_info) for w in self.workers), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
 def build_worker(
     client: Client,
     pool: ExchangePool,
     task_queue: str = TASK_QUEUE,
     *,
     max_concurrent_activities: int = 200,
-) -> Worker:
-    activities = ExchangeActivities(pool)
-    return Worker(
+) -> KernelWorker:
+    """The workflows on `task_queue`, and each account's exchange activities on its own queue
+    with its rate limit (`accounts.activities_per_second`)."""
+    activities = ExchangeActivities(pool).all()
+    main = Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=activities.all(),
+        activities=activities,
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=WORKFLOW_RUNNER,
     )
+    accounts = {
+        name: Worker(
+            client,
+            task_queue=account_task_queue(task_queue, name),
+            activities=activities,
+            max_concurrent_activities=max_concurrent_activities,
+            max_task_queue_activities_per_second=activities_per_second(config),
+        )
+        for name, config in sorted(pool.accounts.items())
+    }
+    return KernelWorker(main, accounts)
 
 
 async def ensure_account_syncs(
@@ -82,6 +160,10 @@ async def run_worker(
     pool = ExchangePool(accounts)
     worker = build_worker(client, pool, task_queue)
     log.info("worker on task queue %s, accounts: %s", task_queue, ", ".join(sorted(accounts)))
+    for name, account_worker in worker.accounts.items():
+        rate = account_worker.config().get("max_task_queue_activities_per_second")
+        limit = "no rate limit" if rate is None else f"at most {rate:g} activities/s"
+        log.info("account %s: task queue %s, %s", name, account_worker.task_queue, limit)
     try:
         gauges = IntentGauges(client, task_queue, sorted(accounts)) if metrics else None
         async with worker, gauges or contextlib.nullcontext():

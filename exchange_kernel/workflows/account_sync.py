@@ -22,6 +22,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.client_ids import Owners
+    from exchange_kernel.connection import ACCOUNT_TASK_QUEUE_PATCH, account_task_queue
     from exchange_kernel.models import (
         ExchangeOrder,
         HaltRequest,
@@ -142,6 +143,7 @@ class AccountSyncWorkflow:
         orders = await workflow.execute_activity(
             "scan_open_orders",
             request,
+            task_queue=self._activity_queue(),
             result_type=tuple[ExchangeOrder, ...],
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=EXCHANGE_RETRY,
@@ -155,6 +157,7 @@ class AccountSyncWorkflow:
         return await workflow.execute_activity(
             "cancel_order",
             lookup,
+            task_queue=self._activity_queue(),
             result_type=ExchangeOrder | None,
             start_to_close_timeout=timedelta(seconds=30),
             schedule_to_close_timeout=timedelta(minutes=5),
@@ -230,6 +233,14 @@ class AccountSyncWorkflow:
             except TimeoutError:
                 pass
 
+    def _activity_queue(self) -> str:
+        """The account's task queue (its rate limit holds across workers); runs recorded
+        before it existed keep the workflow's own (replay)."""
+        task_queue = workflow.info().task_queue
+        if workflow.patched(ACCOUNT_TASK_QUEUE_PATCH):
+            return account_task_queue(task_queue, self.start.account)
+        return task_queue
+
     def _symbols(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.watched.values())))
 
@@ -251,6 +262,7 @@ class AccountSyncWorkflow:
             result = await workflow.execute_activity(
                 "sync_account",
                 request,
+                task_queue=self._activity_queue(),
                 result_type=SyncResult,
                 # Short: a worker killed mid-round must not leave the account unobserved long.
                 start_to_close_timeout=timedelta(seconds=20),

@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel import client_ids, reconcile
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
+    from exchange_kernel.connection import ACCOUNT_TASK_QUEUE_PATCH, account_task_queue
     from exchange_kernel.devserver import (
         EXCHANGE_ORDER_IDS,
         INTENT_STATUS,
@@ -420,10 +421,19 @@ class OrderIntentWorkflow:
             return None
 
     async def _call(self, activity: str, arg: object, result_type: object, summary: str) -> object:
+        # Exchange calls go to the account's task queue, whose rate limit holds across every
+        # worker serving the account (docs/operations.md). Runs recorded before that keep their
+        # own queue (replay). Market rules stay on the workflow's queue: ccxt serves them from
+        # the worker's market cache (one request per worker process), and an activity on the
+        # workflow's own queue can start eagerly, without a round trip through the server.
+        task_queue = workflow.info().task_queue
+        if activity != "load_market" and workflow.patched(ACCOUNT_TASK_QUEUE_PATCH):
+            task_queue = account_task_queue(task_queue, self.state.intent.account)
         result = await workflow.execute_activity(
             activity,
             arg,
             result_type=result_type,  # type: ignore[arg-type]
+            task_queue=task_queue,
             start_to_close_timeout=EXCHANGE_CALL_TIMEOUT,
             schedule_to_close_timeout=EXCHANGE_CALL_BUDGET,
             retry_policy=EXCHANGE_RETRY,
