@@ -7,6 +7,7 @@ would take minutes of real time)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -21,6 +22,7 @@ from temporalio.worker import Worker
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.activities.exchange import ExchangeActivities
 from exchange_kernel.client import IntentClient
+from exchange_kernel.connection import account_task_queue
 from exchange_kernel.devserver import start_time_skipping_environment
 from exchange_kernel.models import IntentStatus, WatchRequest, account_sync_id
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
@@ -63,14 +65,25 @@ async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 async def expiry_worker(
     skipping_env: WorkflowEnvironment, paper: Paper
 ) -> AsyncIterator[IntentClient]:
-    pool = ExchangePool(paper_accounts(paper.base_url))
-    worker = Worker(
+    accounts = paper_accounts(paper.base_url)
+    pool = ExchangePool(accounts)
+    activities = ExchangeActivities(pool).all()
+    main = Worker(
         skipping_env.client,
         task_queue=QUEUE,
         workflows=[OrderIntentWorkflow, QuietAccountSync],
-        activities=ExchangeActivities(pool).all(),
+        activities=activities,
     )
-    async with worker:
+    # Exchange calls go to each account's own task queue (docs/operations.md, scale-out).
+    account_workers = [
+        Worker(
+            skipping_env.client, task_queue=account_task_queue(QUEUE, name), activities=activities
+        )
+        for name in accounts
+    ]
+    async with contextlib.AsyncExitStack() as running:
+        for worker in (main, *account_workers):
+            await running.enter_async_context(worker)
         await skipping_env.client.start_workflow(
             QuietAccountSync.run,
             id=account_sync_id("paper"),
