@@ -1,0 +1,118 @@
+"""Repair a workflow stuck on a nondeterminism error: reset it to before the task that diverged.
+
+An intent whose workflow task keeps failing with `[TMPRL1100] Nondeterminism error` cannot be
+queried, modified or cancelled (docs/reliability.md, finding 2). Temporal's remedy is a reset:
+a new run that keeps the history up to a workflow task, redoes that task with the current code
+and re-applies the signals and updates that arrived after it. For an intent that is safe by
+design: every placement it redoes asks the exchange for its client order id before creating
+anything, and what it observes there (fills included) is the truth it reconciles against.
+
+The reset point is the task whose commands the replay no longer matches: the error names the
+first history event that differs, and that event records which workflow task completed it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType, ResetReapplyType, WorkflowTaskFailedCause
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+from temporalio.client import Client, WorkflowHistory
+
+_EVENT_ID = re.compile(r"HistoryEvent\(id: (\d+)")
+_NONDETERMINISM = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR
+_TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+
+
+class NothingToRepair(Exception):
+    """The workflow's latest workflow task did not fail on nondeterminism."""
+
+
+@dataclass(frozen=True)
+class ResetPoint:
+    """Where a stuck run is reset to, and why."""
+
+    workflow_id: str
+    run_id: str
+    # The WorkflowTaskCompleted event of the task that is redone.
+    workflow_task_completed_id: int
+    # The first event the replay did not match (None when the error did not name one).
+    diverged_at: int | None
+    error: str
+
+
+async def stuck_run(client: Client, workflow_id: str) -> ResetPoint:
+    """The reset point of the workflow's latest run (NothingToRepair if it is not stuck)."""
+    handle = client.get_workflow_handle(workflow_id)
+    description = await handle.describe()
+    history = await handle.fetch_history()
+    return find_reset_point(history, description.run_id)
+
+
+def find_reset_point(history: WorkflowHistory, run_id: str) -> ResetPoint:
+    """The reset point of a run whose last workflow task failed on nondeterminism."""
+    events = list(history.events)
+    failure = _last_task_failure(events)
+    if failure is None:
+        raise NothingToRepair(
+            f"{history.workflow_id}: its last workflow task did not fail on nondeterminism"
+        )
+    error = failure.workflow_task_failed_event_attributes.failure.message
+    match = _EVENT_ID.search(error)
+    diverged_at = int(match.group(1)) if match else None
+    completed = _completing_task(events, diverged_at)
+    return ResetPoint(
+        workflow_id=history.workflow_id,
+        run_id=run_id,
+        workflow_task_completed_id=completed,
+        diverged_at=diverged_at,
+        error=error,
+    )
+
+
+async def reset(client: Client, point: ResetPoint, reason: str) -> str:
+    """Reset the run to `point`; returns the new run's id."""
+    response = await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(
+                workflow_id=point.workflow_id, run_id=point.run_id
+            ),
+            reason=reason,
+            workflow_task_finish_event_id=point.workflow_task_completed_id,
+            request_id=str(uuid.uuid4()),
+            reset_reapply_type=ResetReapplyType.RESET_REAPPLY_TYPE_ALL_ELIGIBLE,
+            identity="exchange-kernel repair",
+        )
+    )
+    return response.run_id
+
+
+def _last_task_failure(events: list[HistoryEvent]) -> HistoryEvent | None:
+    """The last workflow task's failure, if the last workflow task outcome is one on
+    nondeterminism (a task completed after it means the run recovered by itself)."""
+    for event in reversed(events):
+        if event.event_type == _TASK_COMPLETED:
+            return None
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            cause = event.workflow_task_failed_event_attributes.cause
+            return event if cause == _NONDETERMINISM else None
+    return None
+
+
+def _completing_task(events: list[HistoryEvent], diverged_at: int | None) -> int:
+    """The WorkflowTaskCompleted event whose commands include `diverged_at`; without one, the
+    first workflow task (the whole run is redone)."""
+    tasks = [e.event_id for e in events if e.event_type == _TASK_COMPLETED]
+    if not tasks:
+        raise NothingToRepair("the run never completed a workflow task: nothing to redo")
+    if diverged_at is None:
+        return tasks[0]
+    # Commands are written right after the task that issued them: the divergent event belongs
+    # to the last task completed before it.
+    earlier = [task for task in tasks if task < diverged_at]
+    return earlier[-1] if earlier else tasks[0]

@@ -1,0 +1,94 @@
+"""Repairing an intent stuck on a nondeterminism error: reset to before the diverging task."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHistory
+from temporalio.worker import Worker
+
+from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.client import IntentClient
+from exchange_kernel.models import IntentStart, IntentStatus, intent_digest
+from exchange_kernel.repair import NothingToRepair, find_reset_point, reset, stuck_run
+from exchange_kernel.worker import build_worker
+from tests.conftest import Paper, paper_accounts
+from tests.test_intents import new_intent, resting
+
+HERE = Path(__file__).parent
+FINDING = HERE / "chaos" / "findings" / "nondeterminism-chaos-1-0256.json"
+
+
+def test_reset_point_is_the_task_that_issued_the_diverging_event() -> None:
+    history = WorkflowHistory.from_json("intent-chaos-1-0256", FINDING.read_text())
+    point = find_reset_point(history, "run")
+    # The replay fails on event 72, an upsert written by the task completed at event 70.
+    assert (point.diverged_at, point.workflow_task_completed_id) == (72, 70)
+    assert "Nondeterminism" in point.error
+
+
+@pytest.mark.parametrize("path", sorted((HERE / "histories").glob("*.json"))[:2])
+def test_a_healthy_history_has_nothing_to_repair(path: Path) -> None:
+    history = WorkflowHistory.from_json(f"intent-{path.stem}", path.read_text())
+    with pytest.raises(NothingToRepair):
+        find_reset_point(history, "run")
+
+
+@workflow.defn(name="OrderIntent", sandboxed=False)
+class Impostor:
+    """Older code under the intent's name: its first task issues a command the real workflow
+    does not, so the real workflow cannot replay the run."""
+
+    @workflow.run
+    async def run(self, start: IntentStart) -> None:
+        workflow.upsert_memo({"summary": "impostor"})
+        await workflow.wait_condition(lambda: False)
+
+
+async def test_repair_unsticks_an_intent_and_places_once(
+    temporal_client: Client, paper: Paper
+) -> None:
+    queue = f"repair-{uuid.uuid4().hex[:8]}"
+    intents = IntentClient(temporal_client, queue)
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="29000")
+    async with Worker(temporal_client, task_queue=queue, workflows=[Impostor]):
+        await intents.submit(intent)
+        await _wait_for_event(temporal_client, intent.workflow_id, _COMPLETED)
+
+    pool = ExchangePool(paper_accounts(paper.base_url))
+    try:
+        async with build_worker(temporal_client, pool, queue):
+            await intents.resync(intent.intent_id)  # a workflow task: the replay fails
+            await _wait_for_event(temporal_client, intent.workflow_id, _FAILED)
+            point = await stuck_run(temporal_client, intent.workflow_id)
+            assert point.workflow_task_completed_id == 4  # the impostor's one task
+            await reset(temporal_client, point, "test: impostor code ran the first task")
+            state = await intents.wait_for(intent.intent_id, resting, within=timedelta(seconds=60))
+            assert state.status is IntentStatus.OPEN
+            mine = await paper.orders_of(f"ek-{intent_digest(intent.intent_id)}-")
+            assert len(mine) == 1, mine
+            with pytest.raises(NothingToRepair):
+                await stuck_run(temporal_client, intent.workflow_id)
+            await intents.cancel(intent.intent_id)
+    finally:
+        await pool.close()
+
+
+_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+_FAILED = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+
+
+async def _wait_for_event(client: Client, workflow_id: str, event_type: int) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            history = await client.get_workflow_handle(workflow_id).fetch_history()
+            if any(e.event_type == event_type for e in history.events):
+                return
+            await asyncio.sleep(0.2)
