@@ -17,7 +17,7 @@ from typing import Any
 import ccxt.async_support as ccxt_async
 from pydantic import BaseModel, Field, field_validator
 
-from exchange_kernel.models import ID_RE, SYMBOL_RE, Value
+from exchange_kernel.models import ID_RE, STOP_TYPES, SYMBOL_RE, OrderType, Value
 
 
 class AccountConfigError(ValueError):
@@ -50,6 +50,14 @@ class AccountConfig(Value):
     # its open orders, plus the order about to be placed), in the symbol's quote currency.
     # One number for every symbol, or a table: symbol -> limit, "*" for the symbols not listed.
     max_open_notional_per_symbol: Decimal | dict[str, Decimal] | None = None
+    # Stop orders held by the intent workflow (watching the last price, then placing a market
+    # or limit order) even where the exchange has stop orders of its own. Without it, only
+    # the stop types that ccxt reports the exchange lacks are held (`held_stop_types`).
+    held_stops: bool = False
+    # How often a held stop looks at the last price (one ticker request per held stop each
+    # time): the reaction time of a held stop, against the account's request budget. The
+    # looks are activity retries, which Temporal starts no sooner than a second apart.
+    held_stop_poll_seconds: float = Field(default=1.0, ge=1, le=300, allow_inf_nan=False)
     options: dict[str, Any] = Field(default_factory=dict)
     client_id_lookup: bool | None = Field(
         default=None,
@@ -253,6 +261,34 @@ def client_id_lookup(config: AccountConfig) -> bool:
     if config.client_id_lookup is not None:
         return config.client_id_lookup
     return config.base_url is not None or config.exchange in CLIENT_ID_LOOKUP
+
+
+#: Per stop type, the ccxt `has` flag saying the exchange takes such an order natively.
+STOP_CAPABILITIES = {
+    OrderType.STOP_LIMIT: "createStopLimitOrder",
+    OrderType.STOP_MARKET: "createStopMarketOrder",
+}
+
+
+def held_stop_types(has: dict[str, Any], held_stops: bool = False) -> tuple[OrderType, ...]:
+    """The stop types the workflow must hold for an exchange with these ccxt `has` flags.
+
+    A type is native when ccxt says so (`createStopLimitOrder` / `createStopMarketOrder` true);
+    an explicit false (binance spot has no stop-market order, coinbase neither) means held.
+    Where ccxt leaves the specific flag unset, the generic `createStopOrder` or
+    `createTriggerOrder` (the `triggerPrice` parameter the activities send) decides.
+    `held_stops` (accounts file) holds every stop type.
+    """
+    if held_stops:
+        return tuple(t for t in OrderType if t in STOP_TYPES)
+    generic = has.get("createStopOrder") is True or has.get("createTriggerOrder") is True
+    held = []
+    for order_type, flag in STOP_CAPABILITIES.items():
+        specific = has.get(flag)
+        native = specific is True or (specific is None and generic)
+        if not native:
+            held.append(order_type)
+    return tuple(held)
 
 
 def check_capabilities(config: AccountConfig) -> list[str]:

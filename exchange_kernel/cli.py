@@ -40,6 +40,7 @@ from exchange_kernel.models import (
     Side,
     TimeInForce,
 )
+from exchange_kernel.reconcile import trigger_condition
 from exchange_kernel.worker.metrics import (
     DEFAULT_METRICS_URL,
     Row,
@@ -270,7 +271,9 @@ def submit(
     amount: Annotated[str, typer.Option(help="amount in the base asset")],
     price: Annotated[str | None, typer.Option(help="limit price (not for market)")] = None,
     order_type: Annotated[OrderType, typer.Option("--type", help="order type")] = OrderType.LIMIT,
-    stop_price: Annotated[str | None, typer.Option(help="trigger price (stop_limit)")] = None,
+    stop_price: Annotated[
+        str | None, typer.Option(help="trigger price (stop_limit, stop_market)")
+    ] = None,
     tif: Annotated[TimeInForce, typer.Option(help="time in force")] = TimeInForce.GTC,
     post_only: Annotated[bool, typer.Option(help="reject if it would take")] = False,
     account: Annotated[str, typer.Option(help="account name from the accounts file")] = "paper",
@@ -323,17 +326,19 @@ def modify(
     intent_id: Annotated[str, typer.Argument(help="intent id")],
     price: Annotated[str | None, typer.Option(help="new limit price")] = None,
     amount: Annotated[str | None, typer.Option(help="new total amount (≥ filled)")] = None,
+    stop_price: Annotated[str | None, typer.Option(help="new trigger price (stops)")] = None,
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
 ) -> None:
-    """Change an intent's price and/or amount (validated by the intent; rejections say why)."""
-    if price is None and amount is None:
-        raise fail("give --price and/or --amount", 2)
+    """Change an intent's price, amount and/or stop price (validated by the intent;
+    rejections say why)."""
+    if price is None and amount is None and stop_price is None:
+        raise fail("give --price, --amount and/or --stop-price", 2)
     try:
         # Validated here, before connecting: a bad value never reaches Temporal.
-        change = IntentChange(price=price, amount=amount)
+        change = IntentChange(price=price, amount=amount, stop_price=stop_price)
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
     if not ID_RE.fullmatch(intent_id):
@@ -341,7 +346,9 @@ def modify(
 
     async def main() -> IntentState:
         client = await IntentClient.connect(address, namespace, profile=profile)
-        return await client.modify(intent_id, price=change.price, amount=change.amount)
+        return await client.modify(
+            intent_id, price=change.price, amount=change.amount, stop_price=change.stop_price
+        )
 
     show_state(run(main()), as_json)
 
@@ -635,6 +642,10 @@ def state_table(state: IntentState) -> Table:
         ("fees", fees),
         ("outcome", state.outcome_reason or "-"),
     ]
+    if state.stop_held:
+        assert state.desired.stop_price is not None
+        condition = trigger_condition(state.desired.side, state.desired.stop_price)
+        rows.append(("stop", f"held by the workflow (nothing on the exchange): {condition}"))
     for field, value in rows:
         table.add_row(field, str(value))
     for placement in state.placements:

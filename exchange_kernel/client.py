@@ -210,9 +210,11 @@ class IntentClient:
         *,
         price: Decimal | str | None = None,
         amount: Decimal | str | None = None,
+        stop_price: Decimal | str | None = None,
     ) -> IntentState:
-        """Change price and/or amount; returns the new state or raises IntentRejected."""
-        change = IntentChange(price=price, amount=amount)
+        """Change price, amount and/or stop price; returns the new state or raises
+        IntentRejected. A held stop's new stop price is simply what it watches from then on."""
+        change = IntentChange(price=price, amount=amount, stop_price=stop_price)
         await self._refuse_risk_if_halted(intent_id, change)
         return await self._update(intent_id, "modify", change)
 
@@ -225,9 +227,10 @@ class IntentClient:
         *,
         price: Decimal | str | None = None,
         amount: Decimal | str | None = None,
+        stop_price: Decimal | str | None = None,
     ) -> None:
         """Fire and forget: a rejected change only shows in the intent's recent actions."""
-        change = IntentChange(price=price, amount=amount)
+        change = IntentChange(price=price, amount=amount, stop_price=stop_price)
         await self._refuse_risk_if_halted(intent_id, change)
         await self._signal(intent_id, "modify", change)
 

@@ -84,7 +84,21 @@ class Side(StrEnum):
 class OrderType(StrEnum):
     MARKET = "market"
     LIMIT = "limit"
-    STOP_LIMIT = "stop_limit"
+    STOP_LIMIT = "stop_limit"  # a limit order released when the last price crosses stop_price
+    STOP_MARKET = "stop_market"  # a market order released when the last price crosses stop_price
+
+    @property
+    def is_stop(self) -> bool:
+        return self in STOP_TYPES
+
+    @property
+    def released_as(self) -> OrderType:
+        """The order a stop becomes when it triggers (itself for the other types)."""
+        return RELEASED_AS.get(self, self)
+
+
+STOP_TYPES = frozenset({OrderType.STOP_LIMIT, OrderType.STOP_MARKET})
+RELEASED_AS = {OrderType.STOP_LIMIT: OrderType.LIMIT, OrderType.STOP_MARKET: OrderType.MARKET}
 
 
 class TimeInForce(StrEnum):
@@ -190,20 +204,21 @@ class OrderSpec(Value):
 
     @model_validator(mode="after")
     def _type_rules(self) -> Self:
-        if self.type is OrderType.MARKET:
+        if self.type in (OrderType.MARKET, OrderType.STOP_MARKET):
+            kind = self.type.value.replace("_", "-")
             if self.price is not None:
-                raise ValueError("price: a market order takes no price")
-            if self.stop_price is not None:
+                raise ValueError(f"price: a {kind} order takes no price")
+            if self.type is OrderType.MARKET and self.stop_price is not None:
                 raise ValueError("stop_price: a market order takes no stop_price")
             if self.post_only:
-                raise ValueError("post_only: a market order cannot be post-only")
+                raise ValueError(f"post_only: a {kind} order cannot be post-only")
         else:
             if self.price is None:
                 raise ValueError(f"price: a {self.type.value} order needs a price")
-        if self.type is OrderType.STOP_LIMIT and self.stop_price is None:
-            raise ValueError("stop_price: a stop_limit order needs a stop_price")
+        if self.type.is_stop and self.stop_price is None:
+            raise ValueError(f"stop_price: a {self.type.value} order needs a stop_price")
         if self.type is OrderType.LIMIT and self.stop_price is not None:
-            raise ValueError("stop_price: only a stop_limit order takes a stop_price")
+            raise ValueError("stop_price: only a stop_limit or stop_market order takes one")
         if self.post_only and self.time_in_force is not TimeInForce.GTC:
             raise ValueError("post_only: a post-only order must be GTC")
         return self
@@ -221,7 +236,7 @@ class OrderSpec(Value):
         text = f"{self.side.value} {self.amount:f} {self.symbol}"
         if self.type is OrderType.MARKET:
             return f"{text} @ market"
-        text = f"{text} @ {self.price:f}"
+        text = f"{text} @ {'market' if self.price is None else f'{self.price:f}'}"
         if self.stop_price is not None:
             text = f"{text} stop {self.stop_price:f}"
         return text
@@ -291,10 +306,11 @@ def intent_digest(intent_id: str) -> str:
 
 
 class IntentChange(Value):
-    """A modification of a resting intent: a new price and/or a new total amount."""
+    """A modification of a resting intent: a new price, total amount and/or stop price."""
 
     price: Money | None = None
     amount: Money | None = None
+    stop_price: Money | None = None
 
     @field_validator("price")
     @classmethod
@@ -306,10 +322,15 @@ class IntentChange(Value):
     def _amount(cls, value: Decimal | None) -> Decimal | None:
         return _check_quantity(value, "amount")
 
+    @field_validator("stop_price")
+    @classmethod
+    def _stop_price(cls, value: Decimal | None) -> Decimal | None:
+        return _check_quantity(value, "stop_price")
+
     @model_validator(mode="after")
     def _something(self) -> Self:
-        if self.price is None and self.amount is None:
-            raise ValueError("a change needs a price or an amount")
+        if self.price is None and self.amount is None and self.stop_price is None:
+            raise ValueError("a change needs a price or an amount (or a stop_price)")
         return self
 
 
@@ -371,6 +392,14 @@ class MarketRules(Value):
     # The account's ccxt exchange id: client order ids follow its rules (`client_ids`). None in
     # histories recorded before the field existed: those intents keep the kernel's own form.
     exchange: str | None = None
+    # Stop types the workflow holds instead of the exchange: ccxt reports no such order for the
+    # account's exchange, or the accounts file says `held_stops = true`. A held stop watches
+    # the last price and is released as a plain market or limit order when it crosses.
+    # Empty in histories recorded before the field existed: their stops stay exchange orders.
+    held_stops: tuple[OrderType, ...] = ()
+
+    def holds(self, order_type: OrderType) -> bool:
+        return order_type in self.held_stops
 
     def violations(self, spec: OrderSpec, amount: Decimal | None = None) -> list[str]:
         """Rules `spec` breaks (with `amount` instead of its own, if given); empty when valid."""
@@ -470,6 +499,20 @@ class IntentState(Value):
     outcome_reason: str | None = None
     last_sync_at: datetime | None = None
     recent_actions: tuple[ActionRecord, ...] = ()
+    # A held stop: the last price that the workflow saw cross it, and when (its trigger).
+    last_price: Money | None = None
+    last_price_at: datetime | None = None
+
+    @property
+    def holds_stop(self) -> bool:
+        """The intent is a stop that the workflow holds instead of the exchange."""
+        return self.rules is not None and self.rules.holds(self.desired.type)
+
+    @property
+    def stop_held(self) -> bool:
+        """A held stop that has not triggered yet: nothing is on the exchange, the workflow
+        watches the last price and releases the order when it crosses the stop price."""
+        return self.holds_stop and not self.placements and not self.status.is_terminal
 
     @property
     def filled(self) -> Decimal:
@@ -523,6 +566,7 @@ class IntentState(Value):
         average = self.average_price
         data["average_price"] = None if average is None else str(average)
         data["fees"] = {k: str(v) for k, v in self.fees.items()}
+        data["stop_held"] = self.stop_held
         return data
 
 
@@ -576,6 +620,23 @@ class OrderLookup(Value):
 class MarketRequest(Value):
     account: str
     symbol: str
+
+
+class PriceWatch(Value):
+    """Watch `symbol`'s last price until it crosses a held stop's `stop_price`: a sell stop
+    triggers when the last price is at or below it, a buy stop at or above."""
+
+    account: str
+    symbol: str
+    side: Side
+    stop_price: Money
+
+
+class PriceSeen(Value):
+    """A last price that crossed the stop, as the exchange's ticker gave it."""
+
+    price: Money
+    at: datetime | None = None
 
 
 class OpenNotionalRequest(Value):

@@ -21,6 +21,7 @@ from exchange_kernel.models import (
     IntentChange,
     IntentState,
     IntentStatus,
+    Money,
     OrderSpec,
     OrderType,
     Placement,
@@ -67,13 +68,25 @@ class Wait(Value):
     reason: str
 
 
+class WatchPrice(Value):
+    """A held stop has not triggered: watch the last price until it crosses `stop_price`.
+
+    Nothing is on the exchange. The workflow observes a crossing price (`observe_price`) and
+    plans again, which releases the order (`Place`)."""
+
+    kind: Literal["watch_price"] = "watch_price"
+    side: Side
+    stop_price: Money
+    reason: str
+
+
 class Finish(Value):
     kind: Literal["finish"] = "finish"
     status: IntentStatus
     reason: str
 
 
-Action = Place | Amend | Cancel | Lookup | Wait | Finish
+Action = Place | Amend | Cancel | Lookup | Wait | WatchPrice | Finish
 
 
 class ChangeRejected(ValueError):
@@ -129,10 +142,12 @@ def _plan_live(state: IntentState, current: Placement) -> Action:
     if current.cancel_requested:
         # We asked for a cancel and still see it open: the cancel did not take; ask again.
         return Cancel(placement=current.number, reason="order still open after cancel")
-    if not _rests(desired):
+    if not _rests(state):
         return Wait(reason="waiting for the exchange to finish the order")
     wanted_remaining = desired.amount - state.filled
-    price_differs = desired.price != current.price or desired.stop_price != current.stop_price
+    # A released held stop is a plain order: its stop price is behind it, not on the exchange.
+    stop_differs = not state.holds_stop and desired.stop_price != current.stop_price
+    price_differs = desired.price != current.price or stop_differs
     if not price_differs and order.remaining == wanted_remaining:
         return Wait(reason="resting as desired")
     changes = []
@@ -142,7 +157,9 @@ def _plan_live(state: IntentState, current: Placement) -> Action:
         changes.append(f"remaining {order.remaining} -> {wanted_remaining}")
     reason = ", ".join(changes)
     native = state.rules is not None and state.rules.native_amend
-    if native and desired.type is not OrderType.STOP_LIMIT:
+    # A stop order on the exchange is cancelled and placed again (an edit of its trigger is
+    # not what ccxt's editOrder promises); a released held stop is a plain order.
+    if native and (not desired.type.is_stop or state.holds_stop):
         return Amend(
             replaces=current.number,
             placement=_next_placement(state, wanted_remaining),
@@ -155,6 +172,8 @@ def _plan_idle(state: IntentState) -> Action:
     desired = state.desired
     remaining = desired.amount - state.filled
     if not state.placements:
+        if state.holds_stop:
+            return _plan_held_stop(state, remaining)
         return Place(placement=_next_placement(state, remaining), reason="new intent")
     last = state.placements[-1]
     if last.rejected is not None:
@@ -163,13 +182,13 @@ def _plan_idle(state: IntentState) -> Action:
     status = last.order.status
     if status is ExchangeOrderStatus.REJECTED:
         return Finish(status=IntentStatus.REJECTED, reason="the exchange rejected the order")
-    if status is ExchangeOrderStatus.CANCELED and last.cancel_requested and not _rests(desired):
+    if status is ExchangeOrderStatus.CANCELED and last.cancel_requested and not _rests(state):
         # Cancelled by us, or never reached the exchange (observe_absent): a market/IOC/FOK
         # order that never ran has not expired; place it again.
         return Place(
             placement=_next_placement(state, remaining), reason=f"place remaining {remaining}"
         )
-    if status is ExchangeOrderStatus.EXPIRED or not _rests(desired):
+    if status is ExchangeOrderStatus.EXPIRED or not _rests(state):
         return Finish(
             status=IntentStatus.EXPIRED,
             reason=f"{desired.time_in_force.value} order ended with {state.filled} filled",
@@ -188,9 +207,45 @@ def _plan_idle(state: IntentState) -> Action:
     return Place(placement=_next_placement(state, remaining), reason=f"place remaining {remaining}")
 
 
-def _rests(spec: OrderSpec) -> bool:
-    """Only GTC limit orders rest; market, IOC and FOK orders end by themselves."""
-    return spec.type is not OrderType.MARKET and spec.time_in_force is TimeInForce.GTC
+def _plan_held_stop(state: IntentState, remaining: Decimal) -> Action:
+    """A stop the workflow holds: release it once the last price has crossed, else watch."""
+    desired = state.desired
+    assert desired.stop_price is not None  # a stop type: validated by OrderSpec
+    condition = trigger_condition(desired.side, desired.stop_price)
+    last = state.last_price
+    if last is None or not stop_crossed(desired.side, desired.stop_price, last):
+        seen = "" if last is None else f"; last price seen {last}"
+        return WatchPrice(
+            side=desired.side,
+            stop_price=desired.stop_price,
+            reason=f"stop held by the workflow: triggers when {condition}{seen}",
+        )
+    released = desired.type.released_as
+    at = "market" if desired.price is None else f"{desired.price}"
+    return Place(
+        placement=_next_placement(state, remaining),
+        reason=f"held stop triggered (last price {last}, {condition}): released as a "
+        f"{released.value} order @ {at}",
+    )
+
+
+def stop_crossed(side: Side, stop_price: Decimal, last: Decimal) -> bool:
+    """A sell stop triggers when the last price is at or below it, a buy stop at or above."""
+    return last <= stop_price if side is Side.SELL else last >= stop_price
+
+
+def trigger_condition(side: Side, stop_price: Decimal) -> str:
+    """The stop's trigger for people: `last <= 29000` (sell), `last >= 31000` (buy)."""
+    return f"last {'<=' if side is Side.SELL else '>='} {stop_price}"
+
+
+def _rests(state: IntentState) -> bool:
+    """Only GTC limit orders rest (a stop waiting on the exchange too); market, IOC and FOK
+    orders end by themselves, and so does a held stop-market once released."""
+    order_type = state.desired.type
+    if state.holds_stop:
+        order_type = order_type.released_as
+    return order_type is not OrderType.MARKET and state.desired.time_in_force is TimeInForce.GTC
 
 
 def _next_placement(state: IntentState, amount: Decimal) -> Placement:
@@ -203,9 +258,18 @@ def _next_placement(state: IntentState, amount: Decimal) -> Placement:
         client_order_id=client_order_id(state.intent.intent_id, number, exchange),
         revision=state.revision,
         price=state.desired.price,
-        stop_price=state.desired.stop_price,
+        # A held stop is released as a plain order: nothing on the exchange has a stop price.
+        stop_price=None if state.holds_stop else state.desired.stop_price,
         amount=amount,
     )
+
+
+def order_type_on_exchange(state: IntentState) -> tuple[OrderType, Decimal | None]:
+    """The type and stop price of the intent's exchange orders: a held stop's released order
+    is a plain market or limit order; every other intent sends its own type and stop."""
+    if state.holds_stop:
+        return state.desired.type.released_as, None
+    return state.desired.type, state.desired.stop_price
 
 
 # --- recording what happened (pure state transitions) -------------------------------------
@@ -262,6 +326,12 @@ def observe_absent(state: IntentState, number: int, now: datetime) -> IntentStat
     return _refresh(state.model_copy(update={"last_sync_at": now}))
 
 
+def observe_price(state: IntentState, price: Decimal, now: datetime) -> IntentState:
+    """A last price seen for a held stop (the watch reports the one that crossed it)."""
+    state = state.model_copy(update={"last_price": price, "last_price_at": now})
+    return _refresh(state)
+
+
 def amend_skipped(state: IntentState, replaced: int, new: int, now: datetime) -> IntentState:
     """The amend was not sent (the old order changed since it was planned): the old order is
     not being cancelled, the new one was never placed; plan again from what was observed."""
@@ -299,8 +369,15 @@ def check_change(state: IntentState, change: IntentChange) -> None:
     if state.cancel_reason is not None:
         raise ChangeRejected(f"intent {state.intent.intent_id} is being cancelled")
     desired = state.desired
-    if change.price is not None and desired.type is OrderType.MARKET:
-        raise ChangeRejected("price: a market order has no price to change")
+    if change.price is not None and desired.price is None:
+        raise ChangeRejected(f"price: a {desired.type.value} order has no price to change")
+    if change.stop_price is not None:
+        if not desired.type.is_stop:
+            raise ChangeRejected(f"stop_price: a {desired.type.value} order has no stop price")
+        if state.holds_stop and state.placements:
+            raise ChangeRejected(
+                "stop_price: the held stop has triggered already; its order is on the exchange"
+            )
     if change.amount is not None and change.amount < state.filled:
         raise ChangeRejected(f"amount {change.amount} is below the {state.filled} already filled")
     if state.halted is not None and increases_risk(desired, change):
@@ -318,13 +395,20 @@ def check_change(state: IntentState, change: IntentChange) -> None:
 
 
 def increases_risk(desired: OrderSpec, change: IntentChange) -> bool:
-    """A larger amount, or a price moved towards the market (a buy higher, a sell lower)."""
+    """A larger amount, or a price moved towards the market (a buy higher, a sell lower), or a
+    stop moved to trigger sooner (a buy stop lower, a sell stop higher)."""
     if change.amount is not None and change.amount > desired.amount:
         return True
     if change.price is not None and desired.price is not None:
         if desired.side is Side.BUY:
-            return change.price > desired.price
-        return change.price < desired.price
+            if change.price > desired.price:
+                return True
+        elif change.price < desired.price:
+            return True
+    if change.stop_price is not None and desired.stop_price is not None:
+        if desired.side is Side.BUY:
+            return change.stop_price < desired.stop_price
+        return change.stop_price > desired.stop_price
     return False
 
 
@@ -406,7 +490,9 @@ def _refresh(state: IntentState) -> IntentState:
         return state
     if any(p.outcome_unknown for p in state.placements):
         reconciliation = ReconciliationStatus.UNKNOWN
-    elif isinstance(plan(state.model_copy(update={"status": IntentStatus.PENDING})), Wait):
+    elif isinstance(
+        plan(state.model_copy(update={"status": IntentStatus.PENDING})), Wait | WatchPrice
+    ):
         reconciliation = ReconciliationStatus.IN_SYNC
     else:
         reconciliation = ReconciliationStatus.RECONCILING
@@ -468,6 +554,8 @@ def _changed_spec(state: IntentState, change: IntentChange) -> OrderSpec:
         update["price"] = change.price
     if change.amount is not None:
         update["amount"] = change.amount
+    if change.stop_price is not None:
+        update["stop_price"] = change.stop_price
     # Rebuild through validation so that the changed spec obeys the same rules as a new one.
     return OrderSpec.model_validate({**state.desired.model_dump(), **update})
 
@@ -478,4 +566,6 @@ def _describe_change(change: IntentChange) -> str:
         parts.append(f"price -> {change.price}")
     if change.amount is not None:
         parts.append(f"amount -> {change.amount}")
+    if change.stop_price is not None:
+        parts.append(f"stop_price -> {change.stop_price}")
     return ", ".join(parts)

@@ -90,6 +90,14 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
             options={"has": {"editOrder": False}},
             **common,
         ),
+        # stops held by the workflow (watching the price, then a market/limit order), although
+        # the paper exchange takes stop-limit orders itself
+        "paper-held": AccountConfig(
+            name="paper-held",
+            base_url=base_url,
+            held_stops=True,
+            **common,
+        ),
     }
 
 

@@ -190,11 +190,15 @@ class _CaptureActivities(Interceptor):
         return _Inbound
 
 
+# A held stop cancelled before it triggered: it never sent an order (its replay must not either).
+NO_ORDER_CALLS = {"held_stop_cancelled"}
+
+
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_recorded_histories_replay_with_the_same_client_order_ids(path: Path) -> None:
     text = path.read_text()
     recorded = _recorded(json.loads(text))
-    assert recorded, "a history with no exchange order call"
+    assert recorded or path.stem in NO_ORDER_CALLS, "a history with no exchange order call"
     assert all(cid.startswith("ek-") for _, cid in recorded)
     CAPTURED.clear()
     replayer = Replayer(

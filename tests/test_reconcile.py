@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -34,6 +34,7 @@ from exchange_kernel.models import (
     OrderType,
     Placement,
     ReconciliationStatus,
+    Side,
     TimeInForce,
     client_order_id,
 )
@@ -46,15 +47,21 @@ from exchange_kernel.reconcile import (
     Lookup,
     Place,
     Wait,
+    WatchPrice,
     apply_change,
     check_change,
     finish,
+    increases_risk,
     observe,
     observe_absent,
+    observe_price,
+    order_type_on_exchange,
     plan,
     reject,
     request_cancel,
+    request_expiry,
     start,
+    stop_crossed,
     unknown,
 )
 
@@ -563,6 +570,221 @@ def test_two_live_orders_shed_the_older() -> None:
     state = observe(state, seen(state, 0), NOW)
     state = observe(state, seen(state, 1), NOW)
     assert plan(state) == Cancel(placement=0, reason="two live orders for one intent")
+
+
+# --- stops held by the workflow -----------------------------------------------------------------
+# Where the exchange has no stop order (or the account says held_stops), the intent holds the
+# stop: it watches the last price (WatchPrice) and places a plain market or limit order once the
+# price has crossed the stop. Nothing reaches the exchange before that.
+
+HOLDS_STOPS = MarketRules(
+    symbol="BTC/USDT",
+    native_amend=True,
+    held_stops=(OrderType.STOP_LIMIT, OrderType.STOP_MARKET),
+)
+
+
+def held_stop(
+    type: str = "stop_market", side: str = "sell", stop: str = "95", price: str | None = None
+) -> IntentState:
+    spec = OrderSpec.model_validate(
+        {
+            "symbol": "BTC/USDT",
+            "side": side,
+            "type": type,
+            "amount": "1",
+            "stop_price": stop,
+            **({"price": price} if price is not None else {}),
+        }
+    )
+    intent = OrderIntent(intent_id="held-1", account="main", order=spec)
+    return IntentState(intent=intent, desired=spec, rules=HOLDS_STOPS)
+
+
+def test_held_stop_watches_the_price_and_places_nothing() -> None:
+    state = held_stop()
+    action = plan(state)
+    assert action == WatchPrice(side="sell", stop_price=D(95), reason=action.reason)
+    assert "triggers when last <= 95" in action.reason
+    state = start(state, action, NOW)
+    assert state.placements == ()
+    assert state.stop_held and state.status is IntentStatus.PENDING
+    assert state.reconciliation_status is ReconciliationStatus.IN_SYNC
+    assert state.recent_actions[-1].action == "watch_price"
+
+
+def test_stop_on_an_exchange_with_stop_orders_is_placed_as_a_stop() -> None:
+    state = make_state(type="stop_limit", stop_price="95", rules=native_rules())
+    action = plan(state)
+    assert isinstance(action, Place) and action.placement.stop_price == D(95)
+    assert order_type_on_exchange(state) == (OrderType.STOP_LIMIT, D(95))
+
+
+@pytest.mark.parametrize(
+    ("side", "last", "crossed"),
+    [
+        ("sell", "95.01", False),
+        ("sell", "95", True),
+        ("sell", "90", True),
+        ("buy", "94.99", False),
+        ("buy", "95", True),
+        ("buy", "100", True),
+    ],
+)
+def test_a_sell_stop_triggers_at_or_below_a_buy_stop_at_or_above(
+    side: str, last: str, crossed: bool
+) -> None:
+    assert stop_crossed(Side(side), D(95), D(last)) is crossed
+    state = observe_price(held_stop(side=side), D(last), NOW)
+    assert isinstance(plan(state), Place if crossed else WatchPrice)
+
+
+def test_held_stop_market_is_released_as_a_market_order_once_crossed() -> None:
+    state = observe_price(held_stop(), D("94.9"), NOW)
+    assert state.last_price == D("94.9") and state.last_price_at == NOW
+    action = plan(state)
+    assert isinstance(action, Place)
+    assert action.placement.price is None and action.placement.stop_price is None
+    assert action.placement.client_order_id == client_order_id("held-1", 0)
+    assert "held stop triggered (last price 94.9, last <= 95)" in action.reason
+    assert order_type_on_exchange(state) == (OrderType.MARKET, None)
+    # The released market order ends by itself: filled, or expired with what it got.
+    state = start(state, action, NOW)
+    state = observe(state, seen(state, 0, status="expired", filled="0.4"), NOW)
+    assert plan(state) == Finish(status=IntentStatus.EXPIRED, reason=plan(state).reason)
+
+
+def test_held_stop_limit_is_released_as_a_limit_order_at_its_price() -> None:
+    state = observe_price(held_stop(type="stop_limit", price="94"), D(95), NOW)
+    action = plan(state)
+    assert isinstance(action, Place)
+    assert action.placement.price == D(94) and action.placement.stop_price is None
+    assert order_type_on_exchange(state) == (OrderType.LIMIT, None)
+    state = start(state, action, NOW)
+    state = observe(state, seen(state, 0), NOW)
+    assert plan(state) == Wait(reason="resting as desired")
+    assert not state.stop_held and state.status is IntentStatus.OPEN
+    # A plain limit order from here on: a new price is amended natively where the exchange can.
+    state = change(state, price="93")
+    assert isinstance(plan(state), Amend)
+
+
+def test_cancelling_a_held_stop_finishes_cancelled_without_an_exchange_order() -> None:
+    state = start(held_stop(), plan(held_stop()), NOW)
+    state = request_cancel(state, "strategy stopped", NOW)
+    assert plan(state) == Finish(status=IntentStatus.CANCELED, reason="strategy stopped")
+    # even when the price crossed in the meantime
+    assert isinstance(plan(observe_price(state, D(90), NOW)), Finish)
+
+
+def test_a_held_stop_expires_without_an_exchange_order() -> None:
+    state = request_expiry(held_stop(), NOW)
+    action = plan(state)
+    assert isinstance(action, Finish) and action.status is IntentStatus.EXPIRED
+
+
+def test_a_new_stop_price_changes_only_what_is_watched() -> None:
+    state = start(held_stop(), plan(held_stop()), NOW)
+    state = apply_change(state, IntentChange(stop_price=D(90)), NOW)
+    assert state.desired.stop_price == D(90) and state.revision == 1
+    state = observe_price(state, D(92), NOW)  # through the old stop, not the new one
+    action = plan(state)
+    assert isinstance(action, WatchPrice) and action.stop_price == D(90)
+    assert isinstance(plan(observe_price(state, D(90), NOW)), Place)
+
+
+def test_stop_price_change_after_the_held_stop_triggered_is_rejected() -> None:
+    state = observe_price(held_stop(type="stop_limit", price="94"), D(95), NOW)
+    state = start(state, plan(state), NOW)
+    with pytest.raises(ChangeRejected, match="triggered already"):
+        check_change(state, IntentChange(stop_price=D(90)))
+
+
+def test_stop_price_change_of_a_limit_order_is_rejected() -> None:
+    with pytest.raises(ChangeRejected, match="a limit order has no stop price"):
+        check_change(make_state(), IntentChange(stop_price=D(90)))
+    with pytest.raises(ChangeRejected, match="a stop_market order has no price"):
+        check_change(held_stop(), IntentChange(price=D(90)))
+
+
+def test_a_stop_moved_to_trigger_sooner_increases_risk() -> None:
+    sell = held_stop().desired
+    assert increases_risk(sell, IntentChange(stop_price=D(96)))
+    assert not increases_risk(sell, IntentChange(stop_price=D(94)))
+    buy = held_stop(side="buy").desired
+    assert increases_risk(buy, IntentChange(stop_price=D(94)))
+    assert not increases_risk(buy, IntentChange(stop_price=D(96)))
+
+
+HELD_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("price"), st.sampled_from(["85", "90", "94.99", "95", "99", "105"])),
+        st.tuples(st.just("stop"), st.sampled_from(["88", "92", "95", "98", "102"])),
+        st.tuples(st.just("fill"), st.just("")),
+        st.tuples(st.just("cancel"), st.just("")),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    type=st.sampled_from(["stop_market", "stop_limit"]),
+    side=st.sampled_from(["buy", "sell"]),
+    events=HELD_EVENTS,
+)
+def test_held_stop_places_exactly_once_and_only_after_the_price_crossed(
+    type: str, side: str, events: list[tuple[str, str]]
+) -> None:
+    """Prices come and go, the stop moves, the strategy may cancel: the intent never places
+    while the last price has not crossed the stop it holds, places exactly once after the
+    price crossed (before any cancel), and a cancel before that ends it with no order."""
+    state = held_stop(type=type, side=side, price="95" if type == "stop_limit" else None)
+    places = 0
+    crossed_before_cancel = False
+    cancelled = False
+    for event, value in events:
+        if state.status.is_terminal:
+            break
+        if event == "price":
+            state = observe_price(state, D(value), NOW)
+        elif event == "stop":
+            try:
+                state = apply_change(state, IntentChange(stop_price=D(value)), NOW)
+            except ChangeRejected:
+                assert state.placements or state.cancel_reason is not None
+        elif event == "cancel":
+            state = request_cancel(state, "strategy stopped", NOW)
+            cancelled = True
+        elif event == "fill" and state.live_placement is not None:
+            state = observe(state, seen(state, 0, status="closed", filled="1"), NOW)
+        for _ in range(5):  # the workflow: act until it waits or finishes
+            action = plan(state)
+            last, stop = state.last_price, state.desired.stop_price
+            assert stop is not None
+            crossed = last is not None and stop_crossed(Side(side), stop, last)
+            if isinstance(action, WatchPrice):
+                assert not crossed and not state.placements and action.stop_price == stop
+                break
+            if isinstance(action, Place):
+                assert crossed and not cancelled and places == 0, (action, state)
+                crossed_before_cancel = True
+                places += 1
+                state = start(state, action, NOW)
+                market = type == "stop_market"
+                state = observe(state, seen(state, 0, status="expired" if market else "open"), NOW)
+                continue
+            if isinstance(action, Cancel):
+                state = start(state, action, NOW)
+                state = observe(state, seen(state, 0, status="canceled"), NOW)
+                continue
+            if isinstance(action, Finish):
+                state = finish(state, action, NOW)
+            break
+    assert places == (1 if crossed_before_cancel else 0)
+    assert len(state.placements) == places
+    if cancelled and not crossed_before_cancel:
+        assert state.status is IntentStatus.CANCELED and state.placements == ()
 
 
 # --- the stateful property test -------------------------------------------------------------

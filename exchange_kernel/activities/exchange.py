@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import ccxt
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from exchange_kernel import client_ids
-from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.accounts import ExchangePool, held_stop_types
 from exchange_kernel.activities.errors import to_application_error
 from exchange_kernel.limits import PreTradeLimitExceeded, open_notional_breach
 from exchange_kernel.models import (
@@ -34,14 +35,19 @@ from exchange_kernel.models import (
     OrderLookup,
     OrderRequest,
     OrderType,
+    PriceSeen,
+    PriceWatch,
     ScanRequest,
     Side,
     SyncRequest,
     SyncResult,
     Value,
 )
+from exchange_kernel.reconcile import stop_crossed, trigger_condition
 
 T = TypeVar("T")
+# ApplicationError type of a held stop's price check that found the stop not crossed yet.
+STOP_NOT_TRIGGERED = "StopNotTriggered"
 
 
 class ExchangeActivities:
@@ -84,6 +90,10 @@ class ExchangeActivities:
             return rules.model_copy(
                 update={
                     "native_amend": rules.native_amend and opted_in,
+                    # From ccxt's `has` as the account's client reports it (its options apply).
+                    "held_stops": held_stop_types(
+                        client.has, config is not None and config.held_stops
+                    ),
                     "account_max_notional": config.max_notional_per_intent if config else None,
                     "account_max_open_notional": (
                         config.open_notional_limit(request.symbol) if config else None
@@ -94,6 +104,31 @@ class ExchangeActivities:
             )
 
         return await self._call(request.account, call)
+
+    @activity.defn
+    async def watch_price(self, request: PriceWatch) -> PriceSeen:
+        """The last price once it crosses a held stop; until then, fail "not triggered yet".
+
+        One ticker request per attempt: Temporal's retries are the polling loop (the attempts
+        of a pending activity are not written to the history, so a stop held for a day costs
+        the intent a handful of events). The "not triggered" failure asks for the account's
+        poll interval as the next retry delay and is benign (no warning log, no failure
+        metric); exchange errors keep the exchange retry policy's backoff.
+        """
+        ticker = await self._call(request.account, lambda c: c.fetch_ticker(request.symbol))
+        last = dec(ticker.get("last"))
+        if last is not None and stop_crossed(request.side, request.stop_price, last):
+            return PriceSeen(price=last, at=timestamp(ticker.get("timestamp")))
+        config = self.pool.accounts.get(request.account)
+        poll = config.held_stop_poll_seconds if config is not None else 1.0
+        seen = "no last price" if last is None else f"last price {last}"
+        raise ApplicationError(
+            f"{seen} of {request.symbol}: held stop not triggered "
+            f"({trigger_condition(request.side, request.stop_price)})",
+            type=STOP_NOT_TRIGGERED,
+            next_retry_delay=timedelta(seconds=poll),
+            category=ApplicationErrorCategory.BENIGN,
+        )
 
     @activity.defn
     async def place_order(self, request: OrderRequest) -> ExchangeOrder:
@@ -344,6 +379,7 @@ class ExchangeActivities:
             self.scan_open_orders,
             self.sync_account,
             self.load_market,
+            self.watch_price,
             self.check_open_notional,
             self.place_order,
             self.amend_order,
@@ -360,7 +396,8 @@ class OpenOrderMark(Value):
 
 def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, dict[str, Any]]:
     params: dict[str, Any] = {"clientOrderId": request.client_order_id}
-    if request.type is not OrderType.MARKET:
+    market = request.type in (OrderType.MARKET, OrderType.STOP_MARKET)
+    if not market:
         params["timeInForce"] = request.time_in_force.value
     if request.post_only:
         params["postOnly"] = True
@@ -368,7 +405,8 @@ def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, 
         params["reduceOnly"] = True
     if request.stop_price is not None:
         params["triggerPrice"] = str(request.stop_price)
-    ccxt_type = "market" if request.type is OrderType.MARKET else "limit"
+    # A stop goes out as ccxt's unified trigger order: its released type + triggerPrice.
+    ccxt_type = "market" if market else "limit"
     price = None if request.price is None else str(request.price)
     return (
         request.symbol,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel import client_ids, reconcile
@@ -38,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
         OrderLookup,
         OrderRequest,
         Placement,
+        PriceSeen,
+        PriceWatch,
         WatchRequest,
         account_sync_id,
         group_workflow_id,
@@ -234,8 +236,76 @@ class OrderIntentWorkflow:
                     self.resync_requested = False
                     await self._look_at_live_order()
                 continue
+            if isinstance(action, reconcile.WatchPrice):
+                await self._watch_price(action)
+                continue
             await self._execute(action)
             poll = start.poll_first
+
+    async def _watch_price(self, action: reconcile.WatchPrice) -> None:
+        """Hold a stop: watch the last price until it crosses the stop, a change or a cancel
+        arrives, or the intent expires. Nothing but ticker requests reaches the exchange.
+
+        One activity for the whole wait, whose retries are the polling (`watch_price`): the
+        history grows by a few events per watch, not per look at the price. A change or a
+        cancel abandons it; the next plan starts another for the new stop, or finishes.
+        """
+        if not self.watched:
+            # Registered with the account sync although nothing is on the exchange yet: the
+            # kill switch reaches the intents it watches (halt, cancel-all).
+            self.watched = await self._watch()
+        self.state = reconcile.start(self.state, action, workflow.now())
+        desired = self.state.desired
+        condition = reconcile.trigger_condition(action.side, action.stop_price)
+        workflow.set_current_details(
+            f"stop held by the workflow: {desired.summary()}, placed when {condition}"
+        )
+        request = PriceWatch(
+            account=self.state.intent.account,
+            symbol=desired.symbol,
+            side=action.side,
+            stop_price=action.stop_price,
+        )
+        handle = workflow.start_activity(
+            "watch_price",
+            request,
+            result_type=PriceSeen,
+            task_queue=self._task_queue("watch_price"),
+            start_to_close_timeout=EXCHANGE_CALL_TIMEOUT,
+            # No overall budget: a stop may be held for days. Exchange errors back off as
+            # for every exchange call; "not triggered yet" asks for the poll interval.
+            retry_policy=EXCHANGE_RETRY,
+            summary=f"price of {desired.symbol} for held stop @ {action.stop_price} ({condition})",
+        )
+        try:
+            # Level-triggered: watch on while the plan is still this watch. A resync from the
+            # account sync leaves it be; a change (new stop price, amount: the memo shows it),
+            # a cancel or an expiry end it.
+            await workflow.wait_condition(
+                lambda: handle.done() or (self.dirty and self._watch_outdated(action)),
+                timeout=self._until_expiry(),
+                timeout_summary="held stop: expiry",
+            )
+        except TimeoutError:
+            pass
+        self.resync_requested = False  # nothing on the exchange to look at
+        if not handle.done():
+            handle.cancel()
+        try:
+            seen = await handle
+        except ActivityError as error:
+            if not isinstance(error.cause, CancelledError):
+                self._count_unanswered(error)
+            return
+        finally:
+            workflow.set_current_details("")
+        self.unanswered = 0
+        self.state = reconcile.observe_price(self.state, seen.price, workflow.now())
+
+    def _watch_outdated(self, action: reconcile.WatchPrice) -> bool:
+        return (
+            reconcile.plan(self.state) != action or self.published.get("summary") != self._summary()
+        )
 
     async def _report_to_group(self) -> None:
         """Tell the intent's group (OCO, bracket) how far it has filled and where it stands."""
@@ -273,17 +343,22 @@ class OrderIntentWorkflow:
         intent = self.state.intent
         live = self.state.live_placement
         exchange = self.state.rules.exchange if self.state.rules is not None else None
-        if live is None or not client_ids.belongs_to(
+        if self.state.stop_held:
+            # Nothing on the exchange yet: its first order will be the next placement.
+            number = len(self.state.placements)
+        elif live is None or not client_ids.belongs_to(
             live.client_order_id, intent.intent_id, live.number, exchange
         ):
             # An adopted order carries another client order id: the sync cannot map it to us.
             return False
+        else:
+            number = live.number
         handle = workflow.get_external_workflow_handle(account_sync_id(intent.account))
         request = WatchRequest(
             intent_id=intent.intent_id,
             symbol=self.state.desired.symbol,
             exchange=exchange,
-            placement=live.number,
+            placement=number,
         )
         try:
             await handle.signal("watch", request)
@@ -426,14 +501,11 @@ class OrderIntentWorkflow:
         # own queue (replay). Market rules stay on the workflow's queue: ccxt serves them from
         # the worker's market cache (one request per worker process), and an activity on the
         # workflow's own queue can start eagerly, without a round trip through the server.
-        task_queue = workflow.info().task_queue
-        if activity != "load_market" and workflow.patched(ACCOUNT_TASK_QUEUE_PATCH):
-            task_queue = account_task_queue(task_queue, self.state.intent.account)
         result = await workflow.execute_activity(
             activity,
             arg,
             result_type=result_type,  # type: ignore[arg-type]
-            task_queue=task_queue,
+            task_queue=self._task_queue(activity),
             start_to_close_timeout=EXCHANGE_CALL_TIMEOUT,
             schedule_to_close_timeout=EXCHANGE_CALL_BUDGET,
             retry_policy=EXCHANGE_RETRY,
@@ -441,6 +513,12 @@ class OrderIntentWorkflow:
         )
         self.unanswered = 0
         return result
+
+    def _task_queue(self, activity: str) -> str:
+        task_queue = workflow.info().task_queue
+        if activity != "load_market" and workflow.patched(ACCOUNT_TASK_QUEUE_PATCH):
+            task_queue = account_task_queue(task_queue, self.state.intent.account)
+        return task_queue
 
     def _failed_call(self, placement: Placement, error: ActivityError) -> None:
         rejection = _rejection(error)
@@ -499,7 +577,10 @@ class OrderIntentWorkflow:
     def _summary(self) -> str:
         # The desired order only: the memo changes (one history event) when a modification
         # does; status and fills are in the search attributes and the state query.
-        return self.state.desired.summary()
+        summary = self.state.desired.summary()
+        if self.state.holds_stop:
+            summary = f"{summary} (stop held by the workflow)"
+        return summary
 
     def _note(self, action: str, reason: str) -> None:
         record = ActionRecord(at=workflow.now(), action=action, reason=reason)
@@ -510,15 +591,16 @@ class OrderIntentWorkflow:
 
     def _order_request(self, placement: Placement) -> OrderRequest:
         desired = self.state.desired
+        order_type, stop_price = reconcile.order_type_on_exchange(self.state)
         return OrderRequest(
             account=self.state.intent.account,
             symbol=desired.symbol,
             side=desired.side,
-            type=desired.type,
+            type=order_type,
             client_order_id=placement.client_order_id,
             amount=placement.amount,
             price=placement.price,
-            stop_price=desired.stop_price,
+            stop_price=stop_price,
             time_in_force=desired.time_in_force,
             post_only=desired.post_only,
             reduce_only=desired.reduce_only,
@@ -536,4 +618,7 @@ class OrderIntentWorkflow:
     def _describe(self, placement: Placement) -> str:
         desired = self.state.desired
         price = "market" if placement.price is None else str(placement.price)
-        return f"{desired.side.value} {placement.amount} {desired.symbol} @ {price}"
+        text = f"{desired.side.value} {placement.amount} {desired.symbol} @ {price}"
+        if self.state.holds_stop:
+            text = f"{text}, held stop {desired.stop_price} triggered"
+        return text
