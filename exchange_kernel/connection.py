@@ -16,9 +16,6 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "localhost:7233"
 TASK_QUEUE = "exchange-kernel"
 CONNECT_TIMEOUT = timedelta(seconds=5)
-#: `workflow.patched` id of the change that moved exchange activities to account task queues.
-#: Runs recorded before it keep scheduling them on the workflow's own task queue.
-ACCOUNT_TASK_QUEUE_PATCH = "account-task-queue"
 
 
 def account_task_queue(task_queue: str, account: str) -> str:

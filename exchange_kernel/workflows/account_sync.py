@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.client_ids import Owners
-    from exchange_kernel.connection import ACCOUNT_TASK_QUEUE_PATCH, account_task_queue
+    from exchange_kernel.connection import account_task_queue
     from exchange_kernel.models import (
         ExchangeOrder,
         HaltRequest,
@@ -234,12 +234,9 @@ class AccountSyncWorkflow:
                 pass
 
     def _activity_queue(self) -> str:
-        """The account's task queue (its rate limit holds across workers); runs recorded
-        before it existed keep the workflow's own (replay)."""
-        task_queue = workflow.info().task_queue
-        if workflow.patched(ACCOUNT_TASK_QUEUE_PATCH):
-            return account_task_queue(task_queue, self.start.account)
-        return task_queue
+        """The account's task queue: its rate limit holds across workers. (Replay does not compare
+        an activity's task queue, so runs recorded before it existed replay unchanged.)"""
+        return account_task_queue(workflow.info().task_queue, self.start.account)
 
     def _symbols(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.watched.values())))
