@@ -160,7 +160,8 @@ class ExchangeActivities:
 
         async def call(client: Any) -> AmendResult:
             order: ExchangeOrder | None = None
-            if new.may_exist or activity.info().attempt > 1:
+            looked_up = new.may_exist or activity.info().attempt > 1
+            if looked_up:
                 order = await find_order(client, new.symbol, new.client_order_id)
             if order is None:
                 # The replacement was sized from the fills the workflow knew; if the old order
@@ -168,11 +169,13 @@ class ExchangeActivities:
                 current = await find_order(
                     client, new.symbol, request.replaces_client_order_id, request.replaces_filled
                 )
-                if (
-                    current is None
-                    or not current.status.is_live
-                    or current.filled != request.replaces_filled
-                ):
+                if current is None or not current.status.is_live:
+                    # The old order ended: maybe by this very edit, sent before by a workflow
+                    # task that was lost (a reset redoes it). Report the replacement if it exists.
+                    if not looked_up:
+                        order = await find_order(client, new.symbol, new.client_order_id)
+                    return AmendResult(replaced=current, order=order)
+                if current.filled != request.replaces_filled:
                     return AmendResult(replaced=current, order=None)
                 symbol, type_, side, amount, price, params = create_args(new)
                 replaced = (request.replaces_client_order_id,)
