@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from temporalio.service import RPCError
 
 from exchange_kernel.accounts import AccountConfigError, load_accounts
 from exchange_kernel.client import (
@@ -39,8 +40,10 @@ from exchange_kernel.models import (
     OrderType,
     Side,
     TimeInForce,
+    workflow_id_for,
 )
 from exchange_kernel.reconcile import trigger_condition
+from exchange_kernel.repair import NothingToRepair, ResetPoint, reset, stuck_run
 from exchange_kernel.worker.metrics import (
     DEFAULT_METRICS_URL,
     Row,
@@ -387,6 +390,46 @@ def status(
         return await client.state(intent_id)
 
     show_state(run(main()), as_json)
+
+
+@app.command()
+def repair(
+    intent_id: Annotated[str, typer.Argument(help="intent id")],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="reset it; without this flag only show the reset point")
+    ] = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
+) -> None:
+    """Unstick an intent whose workflow task fails on a nondeterminism error: reset it to before
+    the task that diverged (docs/reliability.md). Placements it redoes are looked up by client
+    order id first, and signals and updates after that point are applied again."""
+
+    async def main() -> tuple[ResetPoint, str | None]:
+        client = await IntentClient.connect(address, namespace, profile=profile)
+        try:
+            point = await stuck_run(client.temporal, workflow_id_for(intent_id))
+        except NothingToRepair as exc:
+            raise fail(f"intent {intent_id!r} is not stuck: {exc}", 2) from None
+        except RPCError as exc:
+            raise fail(f"intent {intent_id!r}: {exc.message}", 2) from None
+        if not yes:
+            return point, None
+        return point, await reset(client.temporal, point, f"exchange-kernel repair {intent_id}")
+
+    point, new_run = run(main())
+    table = Table(title=f"repair of intent {intent_id}", show_header=False)
+    table.add_row("stuck on", escape(point.error))
+    table.add_row("first diverging event", str(point.diverged_at or "not named"))
+    table.add_row(
+        "redo from", f"the workflow task completed at event {point.workflow_task_completed_id}"
+    )
+    table.add_row(
+        "run",
+        f"{point.run_id} -> {new_run}" if new_run else f"{point.run_id} (unchanged: pass --yes)",
+    )
+    console.print(table)
 
 
 @app.command(name="list")

@@ -12,8 +12,10 @@ from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Worker
+from typer.testing import CliRunner, Result
 
 from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.cli import app
 from exchange_kernel.client import IntentClient
 from exchange_kernel.models import IntentStart, IntentStatus, intent_digest
 from exchange_kernel.repair import NothingToRepair, find_reset_point, reset, stuck_run
@@ -69,6 +71,11 @@ async def test_repair_unsticks_an_intent_and_places_once(
             await _wait_for_event(temporal_client, intent.workflow_id, _FAILED)
             point = await stuck_run(temporal_client, intent.workflow_id)
             assert point.workflow_task_completed_id == 4  # the impostor's one task
+            address = temporal_client.service_client.config.target_host
+            shown = await asyncio.to_thread(cli, "repair", intent.intent_id, "--address", address)
+            assert shown.exit_code == 0, shown.output
+            assert "event 4" in shown.output and "pass --yes" in shown.output
+            assert (await stuck_run(temporal_client, intent.workflow_id)) == point  # untouched
             await reset(temporal_client, point, "test: impostor code ran the first task")
             state = await intents.wait_for(intent.intent_id, resting, within=timedelta(seconds=60))
             assert state.status is IntentStatus.OPEN
@@ -76,9 +83,15 @@ async def test_repair_unsticks_an_intent_and_places_once(
             assert len(mine) == 1, mine
             with pytest.raises(NothingToRepair):
                 await stuck_run(temporal_client, intent.workflow_id)
+            again = await asyncio.to_thread(cli, "repair", intent.intent_id, "--address", address)
+            assert again.exit_code == 2 and "is not stuck" in again.output
             await intents.cancel(intent.intent_id)
     finally:
         await pool.close()
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
 
 
 _COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
