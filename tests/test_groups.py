@@ -87,20 +87,25 @@ async def test_oco_race_both_legs_fill_in_one_move_is_reported_as_overfill(
     assert any("overfill" in note for note in final.notes)
 
 
-async def test_bracket_protects_exactly_the_filled_amount(
-    intents: IntentClient, paper: Paper
-) -> None:
-    await paper.move_price("ETH/USDT", "2000")
-    gid = group_id()
-    group = IntentGroup(
+def eth_bracket(gid: str, account: str) -> IntentGroup:
+    """Buy 1 ETH at 1990, protected by a take-profit at 2100 and a stop-loss at 1900 (1895)."""
+    return IntentGroup(
         group_id=gid,
-        account="paper",
+        account=account,
         kind=GroupKind.BRACKET,
         entry=OrderSpec(symbol="ETH/USDT", side="buy", amount="1", price="1990"),
         take_profit=Decimal("2100"),
         stop_loss=Decimal("1900"),
         stop_loss_limit=Decimal("1895"),
     )
+
+
+async def test_bracket_protects_exactly_the_filled_amount(
+    intents: IntentClient, paper: Paper
+) -> None:
+    await paper.move_price("ETH/USDT", "2000")
+    gid = group_id()
+    group = eth_bracket(gid, "paper")
     await intents.submit_group(group)
     await intents.wait_for(group.leg_id("entry"), resting)
 

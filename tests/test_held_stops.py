@@ -24,8 +24,6 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from exchange_kernel.accounts import AccountConfig, ExchangePool, held_stop_types
 from exchange_kernel.client import IntentClient
 from exchange_kernel.models import (
-    GroupKind,
-    IntentGroup,
     IntentState,
     IntentStatus,
     OrderIntent,
@@ -36,6 +34,7 @@ from exchange_kernel.models import (
 from exchange_kernel.worker import build_worker
 from exchange_kernel.worker.run import ensure_account_syncs
 from tests.conftest import TEST_KEY_ENV, TEST_SECRET_ENV, Paper
+from tests.test_groups import eth_bracket
 from tests.test_intents import record_history, resting
 
 HELD = "paper-held"
@@ -213,15 +212,7 @@ async def test_bracket_stop_loss_is_held_then_released_and_the_take_profit_cance
 ) -> None:
     await paper.move_price("ETH/USDT", "2000")
     gid = f"g-held-{uuid.uuid4().hex[:8]}"
-    group = IntentGroup(
-        group_id=gid,
-        account=HELD,
-        kind=GroupKind.BRACKET,
-        entry=OrderSpec(symbol="ETH/USDT", side="buy", amount="1", price="1990"),
-        take_profit=Decimal("2100"),
-        stop_loss=Decimal("1900"),
-        stop_loss_limit=Decimal("1895"),
-    )
+    group = eth_bracket(gid, HELD)
     await intents.submit_group(group)
     await intents.wait_for(group.leg_id("entry"), resting)
     await paper.move_price("ETH/USDT", "1990")
