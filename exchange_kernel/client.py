@@ -132,7 +132,7 @@ class IntentClient:
         try:
             await self.temporal.start_workflow(
                 OrderIntentWorkflow.run,
-                IntentStart(intent=intent),
+                IntentStart(intent=intent, local_rules_first=True),
                 id=intent.workflow_id,
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -339,7 +339,7 @@ class IntentClient:
         try:
             await self.temporal.start_workflow(
                 OrderIntentWorkflow.run,
-                IntentStart(intent=intent, state=state),
+                IntentStart(intent=intent, state=state, local_rules_first=True),
                 id=intent.workflow_id,
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

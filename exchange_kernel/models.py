@@ -658,6 +658,10 @@ class IntentStart(Value):
     poll_ceiling: timedelta = timedelta(seconds=30)
     # Registered with the account sync: resting observation comes from it, no own polling.
     watched: bool = False
+    # Market rules first from a local activity, in the first workflow task, so the first
+    # placement needs no second one. Set by every start since it exists; False in the inputs
+    # of runs started before, which replay their regular `load_market` activity.
+    local_rules_first: bool = False
 
 
 class HaltRequest(Value):

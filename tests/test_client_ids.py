@@ -198,7 +198,8 @@ NO_ORDER_CALLS = {"held_stop_cancelled"}
 async def test_recorded_histories_replay_with_the_same_client_order_ids(path: Path) -> None:
     text = path.read_text()
     recorded = _recorded(json.loads(text))
-    assert recorded or path.stem in NO_ORDER_CALLS, "a history with no exchange order call"
+    scenario = path.stem.split(".")[0]  # x.regular-rules: recorded before local market rules
+    assert recorded or scenario in NO_ORDER_CALLS, "a history with no exchange order call"
     assert all(cid.startswith("ek-") for _, cid in recorded)
     CAPTURED.clear()
     replayer = Replayer(

@@ -185,7 +185,7 @@ class IntentGroupWorkflow:
         try:
             await workflow.start_child_workflow(
                 "OrderIntent",
-                IntentStart(intent=intent),
+                IntentStart(intent=intent, local_rules_first=True),
                 id=workflow_id_for(intent.intent_id),
                 task_queue=workflow.info().task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,

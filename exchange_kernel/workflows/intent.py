@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -50,6 +51,9 @@ with workflow.unsafe.imports_passed_through():
 EXCHANGE_CALL_BUDGET = timedelta(minutes=5)
 # ccxt times out a request after 10 s; a worker killed mid-call is noticed after this.
 EXCHANGE_CALL_TIMEOUT = timedelta(seconds=15)
+# The local activity for market rules in the first workflow task: a cache hit takes a
+# millisecond; longer means the exchange is being asked, which the regular activity does better.
+LOCAL_RULES_BUDGET = timedelta(seconds=2)
 # Consecutive exchange calls that exhausted their budget before the intent is given up (failed).
 MAX_UNANSWERED_CALLS = 3
 
@@ -179,7 +183,7 @@ class OrderIntentWorkflow:
     async def run(self, start: IntentStart) -> IntentState:
         poll = start.poll_first
         if self.state.rules is None:
-            rules = await self._load_rules()
+            rules = await self._load_rules(local_first=start.local_rules_first)
             if rules is None:
                 return await self._finish_now()
             self.state = self.state.model_copy(update={"rules": rules})
@@ -479,28 +483,58 @@ class OrderIntentWorkflow:
         else:
             self.state = reconcile.observe(self.state, order, now)
 
-    async def _load_rules(self) -> MarketRules | None:
+    async def _load_rules(self, *, local_first: bool) -> MarketRules | None:
         request = MarketRequest(account=self.state.intent.account, symbol=self.state.desired.symbol)
+        summary = f"market rules of {request.symbol}"
+        rules = await self._local_rules(request, summary) if local_first else None
+        if isinstance(rules, str):
+            return self._rules_failed(IntentStatus.REJECTED, rules)
+        if rules is not None:
+            return rules
         try:
-            # A regular activity, not a local one: during an exchange outage its attempts and
-            # last failure show as a pending activity in the UI, and queries keep answering.
-            return await self._call(
-                "load_market", request, MarketRules, f"market rules of {request.symbol}"
+            # The regular activity: during an exchange outage its attempts and last failure
+            # show as a pending activity in the UI, and queries keep answering.
+            return await self._call("load_market", request, MarketRules, summary)
+        except ActivityError as error:
+            rejection = _rejection(error)
+            if rejection is not None:
+                return self._rules_failed(IntentStatus.REJECTED, rejection)
+            return self._rules_failed(
+                IntentStatus.FAILED, f"could not load market rules: {error.cause}"
+            )
+
+    async def _local_rules(self, request: MarketRequest, summary: str) -> MarketRules | str | None:
+        """The rules as a local activity: the worker's ccxt client usually has the markets
+        cached, so this takes a millisecond and the first placement is scheduled in the same
+        workflow task. A slow or failing exchange gets one short attempt, then the regular
+        activity (None). A rejection (unknown symbol, a pre-trade limit) is final: its reason."""
+        try:
+            return await workflow.execute_local_activity(
+                "load_market",
+                request,
+                result_type=MarketRules,
+                schedule_to_close_timeout=LOCAL_RULES_BUDGET,
+                retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=summary,
             )
         except ActivityError as error:
-            reason = _rejection(error) or f"could not load market rules: {error.cause}"
-            status = IntentStatus.REJECTED if _rejection(error) else IntentStatus.FAILED
-            self.state = reconcile.finish(
-                self.state, reconcile.Finish(status=status, reason=reason), workflow.now()
-            )
+            return _rejection(error)
+        except ApplicationError as error:  # a local activity's failure may come unwrapped
+            return error.message if error.non_retryable else None
+        except TimeoutError:
             return None
+
+    def _rules_failed(self, status: IntentStatus, reason: str) -> None:
+        self.state = reconcile.finish(
+            self.state, reconcile.Finish(status=status, reason=reason), workflow.now()
+        )
 
     async def _call(self, activity: str, arg: object, result_type: object, summary: str) -> object:
         # Exchange calls go to the account's task queue, whose rate limit holds across every
-        # worker serving the account (docs/operations.md). Runs recorded before that keep their
-        # own queue (replay). Market rules stay on the workflow's queue: ccxt serves them from
-        # the worker's market cache (one request per worker process), and an activity on the
-        # workflow's own queue can start eagerly, without a round trip through the server.
+        # worker serving the account (docs/operations.md). Market rules stay on the workflow's
+        # queue: ccxt serves them from the worker's market cache (one request per worker
+        # process), and an activity on the workflow's own queue can start eagerly, without a
+        # round trip through the server.
         result = await workflow.execute_activity(
             activity,
             arg,
