@@ -65,6 +65,10 @@ class AccountSyncStatus(Value):
     signals_sent: int
 
 
+# Signals sent to intents per workflow task.
+SIGNAL_BATCH = 500
+
+
 @workflow.defn(name="AccountSync")
 class AccountSyncWorkflow:
     @workflow.init
@@ -300,8 +304,11 @@ class AccountSyncWorkflow:
             for intent_id in self.watched:
                 if intent_id not in with_open:
                     sends.append(self._signal(intent_id, "resync", None))
-        if sends:
-            await asyncio.gather(*sends)
+        # In batches: Temporal refuses a workflow task that leaves more than 2,000 signals in
+        # flight (limit.numPendingSignals), and a worker restart makes the first round signal
+        # every watched intent; smaller tasks also stay clear of the deadlock detector.
+        for first in range(0, len(sends), SIGNAL_BATCH):
+            await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
 
     async def _signal(self, intent_id: str, name: str, arg: object) -> None:
         handle = workflow.get_external_workflow_handle(workflow_id_for(intent_id))
