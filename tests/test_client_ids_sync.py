@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from exchange_kernel.client_ids import client_order_id_for, key_of
+from exchange_kernel.connection import account_task_queue
 from exchange_kernel.models import (
     ExchangeOrder,
     ExchangeOrderStatus,
@@ -32,14 +33,6 @@ from exchange_kernel.models import (
 )
 from exchange_kernel.worker.run import WORKFLOW_RUNNER
 from exchange_kernel.workflows.account_sync import AccountSyncStart, AccountSyncWorkflow
-
-try:  # the sync schedules exchange activities on the account's own task queue
-    from exchange_kernel.connection import account_task_queue
-except ImportError:  # before account task queues: on the workflow's task queue
-
-    def account_task_queue(task_queue: str, account: str) -> str:
-        return task_queue
-
 
 EXCHANGE = "kraken"
 
@@ -120,18 +113,15 @@ async def test_sync_maps_uuid_client_order_ids_to_their_intents(temporal_client:
             temporal_client,
             task_queue=queue,
             workflows=[AccountSyncWorkflow, StandInIntent],
-            activities=[exchange.sync_account],
             workflow_runner=WORKFLOW_RUNNER,
-        )
+        ),
+        # the sync schedules its exchange activities on the account's own task queue
+        Worker(
+            temporal_client,
+            task_queue=account_task_queue(queue, account),
+            activities=[exchange.sync_account],
+        ),
     ]
-    if account_task_queue(queue, account) != queue:
-        workers.append(
-            Worker(
-                temporal_client,
-                task_queue=account_task_queue(queue, account),
-                activities=[exchange.sync_account],
-            )
-        )
     async with contextlib.AsyncExitStack() as running:
         for w in workers:
             await running.enter_async_context(w)
