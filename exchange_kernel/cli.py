@@ -403,8 +403,9 @@ def repair(
     profile: ProfileOption = None,
 ) -> None:
     """Unstick an intent whose workflow task fails on a nondeterminism error: reset it to before
-    the task that diverged (docs/reliability.md). Placements it redoes are looked up by client
-    order id first, and signals and updates after that point are applied again."""
+    the task that diverged (docs/operations.md). Signals and updates after that point are
+    applied again; placements are redone with the same client order ids. Check the account's
+    orders afterwards: an order of the discarded task that already ended is not caught."""
 
     async def main() -> tuple[ResetPoint, str | None]:
         client = await IntentClient.connect(address, namespace, profile=profile)

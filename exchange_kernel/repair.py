@@ -3,9 +3,12 @@
 An intent whose workflow task keeps failing with `[TMPRL1100] Nondeterminism error` cannot be
 queried, modified or cancelled (docs/reliability.md, finding 2). Temporal's remedy is a reset:
 a new run that keeps the history up to a workflow task, redoes that task with the current code
-and re-applies the signals and updates that arrived after it. For an intent that is safe by
-design: every placement it redoes asks the exchange for its client order id before creating
-anything, and what it observes there (fills included) is the truth it reconciles against.
+and re-applies the signals and updates that arrived after it. For an intent that is mostly
+safe: a redone placement sends the same client order id, which an exchange that refuses
+duplicates (Binance, while the first order is open) answers with "duplicate", and the kernel
+then looks the order up; a redone native amend reports the replacement it already placed. An
+order of the discarded task that has already *ended* is not caught that way, and its first
+attempt does not look before creating (docs/operations.md: check the account afterwards).
 
 The reset point is the task whose commands the replay no longer matches: the error names the
 first history event that differs, and that event records which workflow task completed it.

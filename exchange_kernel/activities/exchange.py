@@ -215,10 +215,9 @@ class ExchangeActivities:
             limit = self._open_notional_limit(request.account, request.symbol)
             if limit is None:
                 return
-            resting = await resting_notional(client, request.symbol, request.exclude)
-            breach = open_notional_breach(request.symbol, resting, request.notional, limit)
-            if breach is not None:
-                raise PreTradeLimitExceeded(breach)
+            await refuse_open_notional_breach(
+                client, request.symbol, request.notional, limit, request.exclude
+            )
 
         await self._call(request.account, call)
 
@@ -243,10 +242,7 @@ class ExchangeActivities:
             return
         lock = self._open_notional_locks.setdefault((order.account, order.symbol), asyncio.Lock())
         async with lock:
-            resting = await resting_notional(client, order.symbol, exclude)
-            breach = open_notional_breach(order.symbol, resting, adding, limit)
-            if breach is not None:
-                raise PreTradeLimitExceeded(breach)
+            await refuse_open_notional_breach(client, order.symbol, adding, limit, exclude)
             yield
 
     @activity.defn
@@ -419,6 +415,17 @@ def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, 
         price,
         params,
     )
+
+
+async def refuse_open_notional_breach(
+    client: Any, symbol: str, adding: Decimal, limit: Decimal, exclude: tuple[str, ...]
+) -> None:
+    """PreTradeLimitExceeded if the open orders on `symbol` (but `exclude`) plus `adding` are
+    above `limit`."""
+    resting = await resting_notional(client, symbol, exclude)
+    breach = open_notional_breach(symbol, resting, adding, limit)
+    if breach is not None:
+        raise PreTradeLimitExceeded(breach)
 
 
 async def resting_notional(client: Any, symbol: str, exclude: tuple[str, ...] = ()) -> Decimal:

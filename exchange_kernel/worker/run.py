@@ -41,9 +41,9 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 class KernelWorker:
     """The kernel's Temporal workers in one process, run, entered and shut down together.
 
-    `main` polls the task queue: the workflows, market rules (`load_market`, which can start
-    eagerly there), and the exchange activities of runs recorded before account task queues
-    (they keep scheduling on their own queue). `accounts` has one
+    `main` polls the task queue: the workflows, market rules (`load_market`: a local activity
+    first, the regular one on this queue as its fallback), and exchange activities scheduled
+    here before account task queues existed. `accounts` has one
     activity-only worker per account, polling `account_task_queue(task_queue, account)` with
     the account's rate limit: Temporal dispatches at most that many of the account's activities
     per second, however many workers poll the queue (docs/operations.md, scale-out).
