@@ -29,7 +29,13 @@ from exchange_kernel.accounts import REQUESTS_PER_ACTIVITY
 from exchange_kernel.client import IntentClient
 from exchange_kernel.connection import account_task_queue, connect
 from exchange_kernel.devserver import DevServer, free_port
-from exchange_kernel.models import IntentStatus, OrderIntent, OrderSpec, intent_digest
+from exchange_kernel.models import (
+    IntentStatus,
+    OrderIntent,
+    OrderSpec,
+    account_sync_id,
+    intent_digest,
+)
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, running_sim
 from exchange_kernel.worker.run import WORKFLOWS
 from tests.conftest import Paper
@@ -197,11 +203,48 @@ SKIP = 4
 ORDER = "/api/v3/order"
 
 
+async def account_activity_starts(
+    client: Client, workflow_ids: list[str], queue: str
+) -> list[float]:
+    """When the workflows' activities on the account's task queue started (epoch seconds): what
+    Temporal's per-queue limit meters."""
+    starts = []
+    for workflow_id in workflow_ids:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        on_queue = {
+            event.event_id
+            for event in history.events
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and event.activity_task_scheduled_event_attributes.task_queue.name == queue
+        }
+        starts += [
+            event.event_time.ToDatetime().timestamp()
+            for event in history.events
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+            and event.activity_task_started_event_attributes.scheduled_event_id in on_queue
+        ]
+    return starts
+
+
+@dataclass
+class Burst:
+    placements: float  # per second, from the placement after the burst allowance to the last
+    requests: float  # exchange requests per second in that span
+    activities: float  # activities per second started on the account's queue in that span
+    ran: set[str]  # who ran the intents' activities
+    batch: list[OrderIntent]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.activities:.2f} activities/s, {self.placements:.2f} placements/s, "
+            f"{self.requests:.2f} requests/s"
+        )
+
+
 async def placement_burst(
-    intents: IntentClient, paper: Paper, client: Client, base_price: int
-) -> tuple[float, float, set[str], list[OrderIntent]]:
-    """Submit BURST resting intents at once: (placements/s, exchange requests/s) from the
-    placement after the burst allowance to the last, and who ran the intents' activities."""
+    intents: IntentClient, paper: Paper, client: Client, base_price: int, queue: str
+) -> Burst:
+    """Submit BURST resting intents at once and measure the rates after the burst allowance."""
     batch = [new_intent(str(base_price + i)) for i in range(BURST)]
     seen = (await paper.admin("GET", "requests?limit=0"))["total"]
     await asyncio.gather(*(intents.submit(i) for i in batch))
@@ -215,8 +258,19 @@ async def placement_burst(
     # Every request of the account's activities: placements and sync rounds (market rules come
     # from the workers' caches; a new worker's one exchangeInfo is not an account activity's).
     requests = [r for r in recent if start <= r["time"] <= end and "exchangeInfo" not in r["path"]]
+    # The account's activities: the intents' placements and the account sync's rounds (each
+    # new intent asks it to watch, which starts a round).
+    workflow_ids = [i.workflow_id for i in batch] + [account_sync_id("paper")]
+    started = await account_activity_starts(client, workflow_ids, queue)
+    activities = [t for t in started if start / 1000 <= t <= end / 1000]
     ran = set().union(*[await activity_identities(client, i) for i in batch])
-    return (BURST - 1 - SKIP) / span, len(requests) / span, ran, batch
+    return Burst(
+        placements=(BURST - 1 - SKIP) / span,
+        requests=len(requests) / span,
+        activities=len(activities) / span,
+        ran=ran,
+        batch=batch,
+    )
 
 
 async def test_the_account_rate_limit_holds_across_workers(
@@ -240,16 +294,12 @@ async def test_the_account_rate_limit_holds_across_workers(
     try:
         await wait_polling(client, workers, queue)
         assert f"{queue}, at most {ACTIVITY_LIMIT:g} activities/s" in workers[0].tail()
-        one_placements, one_requests, ran_one, batch = await placement_burst(
-            intents, paper, client, 28000
-        )
+        one = await placement_burst(intents, paper, client, 28000, queue)
 
         workers.append(start_worker(accounts, server.target, tmp_path / "worker-2.log"))
         await wait_polling(client, workers, queue)
-        two_placements, two_requests, ran_two, _ = await placement_burst(
-            intents, paper, client, 27000
-        )
-        history = await client.get_workflow_handle(batch[0].workflow_id).fetch_history()
+        two = await placement_burst(intents, paper, client, 27000, queue)
+        history = await client.get_workflow_handle(one.batch[0].workflow_id).fetch_history()
     finally:
         stop_workers(workers)
 
@@ -279,18 +329,16 @@ async def test_the_account_rate_limit_holds_across_workers(
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     await replayer.replay_workflow(history)
 
-    figures = (
-        f"limit {ACTIVITY_LIMIT:g} activities/s; one worker: {one_placements:.2f} placements/s, "
-        f"{one_requests:.2f} requests/s; two workers: {two_placements:.2f} placements/s, "
-        f"{two_requests:.2f} requests/s"
-    )
+    figures = f"limit {ACTIVITY_LIMIT:g} activities/s; one worker: {one}; two workers: {two}"
     print(figures)
-    assert ran_one == {workers[0].identity}, figures
-    assert ran_two == {w.identity for w in workers}, figures  # both served the account
-    # Upper bounds only, with room: a busy machine can only make the rates lower. Without the
-    # limit the whole burst is placed within a second or so (tens of placements per second).
-    assert two_placements <= 1.5 * one_placements, figures
-    assert two_requests <= 1.5 * one_requests, figures
-    for placements, requests in ((one_placements, one_requests), (two_placements, two_requests)):
-        assert placements <= 1.5 * ACTIVITY_LIMIT, figures  # one activity per placement
-        assert requests <= 1.5 * REQUEST_BUDGET, figures
+    assert one.ran == {workers[0].identity}, figures
+    assert two.ran == {w.identity for w in workers}, figures  # both served the account
+    # Upper bounds, with room for the limiter's granularity: a busy machine can only make the
+    # rates lower. Without the limit the whole burst is placed within a second or so (tens of
+    # activities per second); with a limit per worker instead of per queue, two workers would
+    # start twice the limit. Placements and sync rounds share the budget, so neither alone is
+    # at the limit; the activities are.
+    for burst in (one, two):
+        assert burst.activities <= 1.25 * ACTIVITY_LIMIT, figures
+        assert burst.placements <= 1.25 * ACTIVITY_LIMIT, figures
+        assert burst.requests <= 1.25 * REQUEST_BUDGET, figures
