@@ -7,15 +7,21 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
+from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.activities.exchange import ExchangeActivities
 from exchange_kernel.client import IntentClient
-from exchange_kernel.models import IntentStatus, account_sync_id
+from exchange_kernel.models import IntentStatus, SyncRequest, account_sync_id
+from exchange_kernel.sim import running_sim
 from exchange_kernel.workflows.account_sync import AccountSyncStatus
-from tests.conftest import Paper
+from tests.conftest import Paper, paper_accounts
 from tests.test_intents import new_intent, resting
 
 RESTING = 120
+RESTING_SMALL = 30
 
 
 async def sync_status(client: Client, account: str = "paper") -> AccountSyncStatus:
@@ -84,3 +90,62 @@ async def test_fill_between_rounds_of_a_never_seen_order_is_reported(
     await paper.move_price("ETH/USDT", "1899")
     final = await asyncio.wait_for(intents.result(intent.intent_id), 30)
     assert final.status is IntentStatus.FILLED
+
+
+async def test_a_round_converts_only_the_orders_that_changed() -> None:
+    """At thousands of resting orders, converting every listed order each round costs the
+    worker a core: a round that follows on from the last one parses only what changed."""
+    async with running_sim(port=0) as sim, aiohttp.ClientSession() as session:
+        paper = Paper(base_url=sim.base_url, session=session, server=sim)
+        pool = ExchangePool(
+            {"iso": paper_accounts(sim.base_url)["paper"].model_copy(update={"name": "iso"})}
+        )
+        try:
+            exchange = pool.client("iso")
+            await exchange.load_markets()
+            ids = [f"ek-{i:016x}-1" for i in range(RESTING_SMALL)]
+            for i, client_order_id in enumerate(ids):  # 29000 .. 29029: below 30000, resting
+                await exchange.create_order(
+                    "BTC/USDT",
+                    "limit",
+                    "buy",
+                    0.01,
+                    29000 + i,
+                    {"newClientOrderId": client_order_id},
+                )
+            parsed: list[str] = []
+            parse_order = exchange.parse_order
+
+            def counting_parse(order: dict[str, Any], market: Any = None) -> dict[str, Any]:
+                parsed.append(str(order.get("clientOrderId")))
+                return parse_order(order, market)
+
+            exchange.parse_order = counting_parse
+            activities = ExchangeActivities(pool)
+            env = ActivityEnvironment()
+            first = await env.run(
+                activities.sync_account,
+                SyncRequest(account="iso", symbols=("BTC/USDT",), round=1),
+            )
+            assert sorted(first.open_client_order_ids or ()) == ids  # cold: every open id
+            assert first.changed == ()
+
+            parsed.clear()
+            await paper.move_price("BTC/USDT", "29029", volume="0.004")  # the top bid, partly
+            second = await env.run(
+                activities.sync_account,
+                SyncRequest(
+                    account="iso",
+                    symbols=("BTC/USDT",),
+                    round=2,
+                    trade_cursor=first.trade_cursor,
+                ),
+            )
+            assert [o.client_order_id for o in second.changed] == [ids[-1]]
+            (changed,) = second.changed
+            assert changed.filled == Decimal("0.004")
+            assert sum(f.amount for f in changed.fills) == Decimal("0.004")
+            assert second.open_client_order_ids is None  # followed on: a diff
+            assert parsed == [ids[-1]]  # one order converted, not all of them
+        finally:
+            await pool.close()

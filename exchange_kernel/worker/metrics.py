@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ccxt.base.types import Entry
 from temporalio import activity
 from temporalio.common import MetricMeter
 
@@ -209,7 +210,9 @@ class _CountingClient:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._client, name)
-        if name.startswith("_") or not inspect.iscoroutinefunction(value):
+        if name.startswith("_") or not (
+            inspect.iscoroutinefunction(value) or _implicit_endpoint(self._client, name)
+        ):
             return value
 
         @functools.wraps(value)
@@ -635,3 +638,8 @@ async def read(url: str = DEFAULT_METRICS_URL, *, everything: bool = False) -> l
     """Scrape a worker and summarize its exchange_kernel_* series (and temporal_* too)."""
     families = parse(await scrape(url))
     return summarize(families, (PREFIX, "temporal_") if everything else (PREFIX,))
+
+
+def _implicit_endpoint(client: Any, name: str) -> bool:
+    """One of ccxt's implicit API methods (`privateGetOpenOrders`): a request, counted as such."""
+    return isinstance(inspect.getattr_static(type(client), name, None), Entry)
