@@ -404,8 +404,10 @@ def repair(
 ) -> None:
     """Unstick an intent whose workflow task fails on a nondeterminism error: reset it to before
     the task that diverged (docs/operations.md). Signals and updates after that point are
-    applied again; placements are redone with the same client order ids. Check the account's
-    orders afterwards: an order of the discarded task that already ended is not caught."""
+    applied again. The intent is told first, so every placement of the new run looks its client
+    order id up before creating it: an order the discarded history placed is found, not placed
+    again. Shown: the client order ids the discarded history sent; one the new run never
+    reaches (its path differs) is not looked at, so check those on the exchange."""
 
     async def main() -> tuple[ResetPoint, str | None]:
         client = await IntentClient.connect(address, namespace, profile=profile)
@@ -425,6 +427,10 @@ def repair(
     table.add_row("first diverging event", str(point.diverged_at or "not named"))
     table.add_row(
         "redo from", f"the workflow task completed at event {point.workflow_task_completed_id}"
+    )
+    table.add_row(
+        "orders the reset discards",
+        ", ".join(point.discarded_orders) or "none",
     )
     table.add_row(
         "run",

@@ -3,12 +3,16 @@
 An intent whose workflow task keeps failing with `[TMPRL1100] Nondeterminism error` cannot be
 queried, modified or cancelled (docs/reliability.md, finding 2). Temporal's remedy is a reset:
 a new run that keeps the history up to a workflow task, redoes that task with the current code
-and re-applies the signals and updates that arrived after it. For an intent that is mostly
-safe: a redone placement sends the same client order id, which an exchange that refuses
-duplicates (Binance, while the first order is open) answers with "duplicate", and the kernel
-then looks the order up; a redone native amend reports the replacement it already placed. An
-order of the discarded task that has already *ended* is not caught that way, and its first
-attempt does not look before creating (docs/operations.md: check the account afterwards).
+and re-applies the signals and updates that arrived after it.
+
+Redoing an intent's work must not place an order twice. Before the reset the intent is sent the
+`repaired` signal; it is re-applied to the new run ahead of the redone task, and from then on
+every placement of the run looks its client order id up before creating it. So an order the
+discarded history placed is found, open or already ended, instead of placed again; a redone
+native amend reports the replacement it already placed. What the lookups cannot see: an order
+of the discarded history under a placement number the new run never reaches (its path differs,
+e.g. a modification arrives earlier than before); `repair` lists the client order ids the
+discarded history sent, so they can be checked (docs/operations.md).
 
 The reset point is the task whose commands the replay no longer matches: the error names the
 first history event that differs, and that event records which workflow task completed it.
@@ -16,9 +20,11 @@ first history event that differs, and that event records which workflow task com
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType, ResetReapplyType, WorkflowTaskFailedCause
@@ -29,6 +35,9 @@ from temporalio.client import Client, WorkflowHistory
 _EVENT_ID = re.compile(r"HistoryEvent\(id: (\d+)")
 _NONDETERMINISM = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR
 _TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+INTENT_WORKFLOW = "OrderIntent"
+# The activities that send an order, and where their input names its client order id.
+_ORDER_SENDING = {"place_order": ("client_order_id",), "amend_order": ("order", "client_order_id")}
 
 
 class NothingToRepair(Exception):
@@ -46,6 +55,10 @@ class ResetPoint:
     # The first event the replay did not match (None when the error did not name one).
     diverged_at: int | None
     error: str
+    workflow_type: str = ""
+    # Client order ids sent by the exchange activities the reset discards (scheduled after
+    # the point): the redone work looks these up before it creates anything.
+    discarded_orders: tuple[str, ...] = ()
 
 
 async def stuck_run(client: Client, workflow_id: str) -> ResetPoint:
@@ -74,11 +87,17 @@ def find_reset_point(history: WorkflowHistory, run_id: str) -> ResetPoint:
         workflow_task_completed_id=completed,
         diverged_at=diverged_at,
         error=error,
+        workflow_type=events[0].workflow_execution_started_event_attributes.workflow_type.name,
+        discarded_orders=_orders_sent_after(events, completed),
     )
 
 
 async def reset(client: Client, point: ResetPoint, reason: str) -> str:
-    """Reset the run to `point`; returns the new run's id."""
+    """Reset the run to `point`; returns the new run's id. An intent is told first (`repaired`),
+    so the new run looks before it places."""
+    if point.workflow_type == INTENT_WORKFLOW:
+        handle = client.get_workflow_handle(point.workflow_id, run_id=point.run_id)
+        await handle.signal("repaired", reason)
     response = await client.workflow_service.reset_workflow_execution(
         ResetWorkflowExecutionRequest(
             namespace=client.namespace,
@@ -119,3 +138,31 @@ def _completing_task(events: list[HistoryEvent], diverged_at: int | None) -> int
     # to the last task completed before it.
     earlier = [task for task in tasks if task < diverged_at]
     return earlier[-1] if earlier else tasks[0]
+
+
+def _orders_sent_after(events: list[HistoryEvent], task_completed: int) -> tuple[str, ...]:
+    """Client order ids of the order-sending activities scheduled after `task_completed`."""
+    sent: list[str] = []
+    for event in events:
+        if event.event_id <= task_completed:
+            continue
+        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            continue
+        attributes = event.activity_task_scheduled_event_attributes
+        path = _ORDER_SENDING.get(attributes.activity_type.name)
+        if path is None:
+            continue
+        for payload in attributes.input.payloads:
+            value: Any = _json(payload.data)
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, str) and value not in sent:
+                sent.append(value)
+    return tuple(sent)
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None  # an encoded payload (a codec): nothing to read here

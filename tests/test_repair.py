@@ -14,10 +14,19 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Worker
 from typer.testing import CliRunner, Result
 
+from exchange_kernel import client_ids
 from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.activities.exchange import ExchangeActivities
 from exchange_kernel.cli import app
 from exchange_kernel.client import IntentClient
-from exchange_kernel.models import IntentStart, IntentStatus, intent_digest
+from exchange_kernel.connection import account_task_queue
+from exchange_kernel.models import (
+    ExchangeOrder,
+    IntentStart,
+    IntentStatus,
+    OrderRequest,
+    intent_digest,
+)
 from exchange_kernel.repair import NothingToRepair, find_reset_point, reset, stuck_run
 from exchange_kernel.worker import build_worker
 from tests.conftest import Paper, paper_accounts
@@ -86,6 +95,80 @@ async def test_repair_unsticks_an_intent_and_places_once(
             again = await asyncio.to_thread(cli, "repair", intent.intent_id, "--address", address)
             assert again.exit_code == 2 and "is not stuck" in again.output
             await intents.cancel(intent.intent_id)
+    finally:
+        await pool.close()
+
+
+@workflow.defn(name="OrderIntent", sandboxed=False)
+class PlacingImpostor:
+    """Older code under the intent's name that places the intent's first order itself, under
+    the client order id the real workflow gives its first placement (number 0), and then
+    diverges: the order is the discarded history's, and it may have ended by the repair."""
+
+    @workflow.run
+    async def run(self, start: IntentStart) -> None:
+        intent = start.intent
+        await workflow.execute_activity(
+            "place_order",
+            OrderRequest(
+                account=intent.account,
+                symbol=intent.order.symbol,
+                side=intent.order.side,
+                type=intent.order.type,
+                client_order_id=client_ids.id_for(intent.intent_id, 0),
+                amount=intent.order.amount,
+                price=intent.order.price,
+            ),
+            task_queue=account_task_queue(workflow.info().task_queue, intent.account),
+            result_type=ExchangeOrder,
+            start_to_close_timeout=timedelta(seconds=15),
+        )
+        workflow.upsert_memo({"summary": "impostor"})
+        await workflow.wait_condition(lambda: False)
+
+
+async def test_a_repaired_intent_finds_the_ended_order_of_the_discarded_history(
+    temporal_client: Client, paper: Paper
+) -> None:
+    """The discarded history placed the order, and it filled before the repair: the redone
+    placement (same client order id, which the exchange accepts again once the first order
+    has ended) must look first and find it, not place a second order."""
+    queue = f"repair-{uuid.uuid4().hex[:8]}"
+    intents = IntentClient(temporal_client, queue)
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="29000")
+    prefix = f"ek-{intent_digest(intent.intent_id)}-"
+    pool = ExchangePool(paper_accounts(paper.base_url))
+    try:
+        activities = ExchangeActivities(pool)
+        async with (
+            Worker(temporal_client, task_queue=queue, workflows=[PlacingImpostor]),
+            Worker(
+                temporal_client,
+                task_queue=account_task_queue(queue, intent.account),
+                activities=[activities.place_order],
+            ),
+        ):
+            await intents.submit(intent)
+            await _wait_for_event(
+                temporal_client, intent.workflow_id, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+            )
+        await paper.move_price("BTC/USDT", "28900")  # fills it: the order has ended
+        (placed,) = await paper.orders_of(prefix)
+        assert placed["status"] == "FILLED", placed
+
+        async with build_worker(temporal_client, pool, queue):
+            await intents.resync(intent.intent_id)  # a workflow task: the replay fails
+            await _wait_for_event(temporal_client, intent.workflow_id, _FAILED)
+            point = await stuck_run(temporal_client, intent.workflow_id)
+            assert point.discarded_orders == (client_ids.id_for(intent.intent_id, 0),)
+            await reset(temporal_client, point, "test: the impostor placed and diverged")
+            final = await asyncio.wait_for(intents.result(intent.intent_id), 60)
+        assert final.status is IntentStatus.FILLED, final.report()
+        assert final.filled == intent.order.amount
+        assert [a.action for a in final.recent_actions if a.action == "repaired"] == ["repaired"]
+        mine = await paper.orders_of(prefix)
+        assert len(mine) == 1, mine  # found, not placed again
     finally:
         await pool.close()
 

@@ -82,6 +82,9 @@ class OrderIntentWorkflow:
         self.watch_refused = False
         self.group_missing = False
         self.reported: tuple[object, ...] = ()
+        # Set by `exchange-kernel repair`: the run was reset, so an order of the discarded
+        # history may already exist under any placement's client order id (even ended).
+        self.repaired = False
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -123,6 +126,15 @@ class OrderIntentWorkflow:
         """Look at the exchange now instead of at the next poll."""
         self.dirty = True
         self.resync_requested = True
+
+    @workflow.signal
+    def repaired(self, reason: str) -> None:
+        """Sent by `exchange-kernel repair` just before it resets the run (and re-applied to
+        the new run ahead of the redone task): from now on every placement looks its client
+        order id up before creating, so an order the discarded history placed, open or ended,
+        is found instead of placed again."""
+        self.repaired = True
+        self._note("repaired", reason)
 
     # --- updates: validated, answered ----------------------------------------------------------
 
@@ -641,6 +653,7 @@ class OrderIntentWorkflow:
             time_in_force=desired.time_in_force,
             post_only=desired.post_only,
             reduce_only=desired.reduce_only,
+            may_exist=self.repaired,
             replaced_notional=replaced_notional(self.state, placement),
         )
 
