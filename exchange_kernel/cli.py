@@ -856,6 +856,10 @@ def group_bracket(
     stop_loss_limit: Annotated[
         str | None, typer.Option(help="stop-loss limit price (default: the trigger)")
     ] = None,
+    stop_loss_market: Annotated[
+        bool,
+        typer.Option(help="the stop-loss as a stop-market order (a market order once crossed)"),
+    ] = False,
     account: Annotated[str, typer.Option(help="account name")] = "paper",
     group_id: Annotated[str | None, typer.Option("--id", help="group id")] = None,
     strategy: Annotated[str | None, typer.Option(help="strategy id")] = None,
@@ -880,6 +884,7 @@ def group_bracket(
             take_profit=take_profit,
             stop_loss=stop_loss,
             stop_loss_limit=stop_loss_limit,
+            stop_loss_market=stop_loss_market,
         )
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None

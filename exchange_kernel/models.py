@@ -764,6 +764,8 @@ class IntentGroup(Value):
     take_profit: Money | None = None
     stop_loss: Money | None = None
     stop_loss_limit: Money | None = None
+    # The stop-loss as a stop-market order (released as a market order) instead of stop-limit.
+    stop_loss_market: bool = False
 
     @model_validator(mode="after")
     def _shape(self) -> Self:
@@ -781,6 +783,8 @@ class IntentGroup(Value):
             return self
         if self.entry is None or self.take_profit is None or self.stop_loss is None:
             raise ValueError("a bracket needs entry, take_profit and stop_loss")
+        if self.stop_loss_market and self.stop_loss_limit is not None:
+            raise ValueError("stop_loss_limit: a market stop-loss (stop_loss_market) has no limit")
         reference = self.entry.price
         if self.entry.side is Side.BUY:
             if not self.stop_loss < self.take_profit:
@@ -818,6 +822,14 @@ class IntentGroup(Value):
                     type=OrderType.LIMIT,
                     amount=amount,
                     price=self.take_profit,
+                )
+            elif self.stop_loss_market:
+                spec = OrderSpec(
+                    symbol=self.entry.symbol,
+                    side=exit_side,
+                    type=OrderType.STOP_MARKET,
+                    amount=amount,
+                    stop_price=self.stop_loss,
                 )
             else:
                 spec = OrderSpec(

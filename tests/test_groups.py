@@ -17,6 +17,7 @@ from exchange_kernel.models import (
     IntentStatus,
     OrderIntent,
     OrderSpec,
+    OrderType,
 )
 from tests.conftest import Paper
 from tests.test_intents import resting
@@ -87,8 +88,9 @@ async def test_oco_race_both_legs_fill_in_one_move_is_reported_as_overfill(
     assert any("overfill" in note for note in final.notes)
 
 
-def eth_bracket(gid: str, account: str) -> IntentGroup:
-    """Buy 1 ETH at 1990, protected by a take-profit at 2100 and a stop-loss at 1900 (1895)."""
+def eth_bracket(gid: str, account: str, market_stop: bool = False) -> IntentGroup:
+    """Buy 1 ETH at 1990, protected by a take-profit at 2100 and a stop-loss at 1900 (a limit
+    at 1895, or with `market_stop` a market order)."""
     return IntentGroup(
         group_id=gid,
         account=account,
@@ -96,7 +98,8 @@ def eth_bracket(gid: str, account: str) -> IntentGroup:
         entry=OrderSpec(symbol="ETH/USDT", side="buy", amount="1", price="1990"),
         take_profit=Decimal("2100"),
         stop_loss=Decimal("1900"),
-        stop_loss_limit=Decimal("1895"),
+        stop_loss_limit=None if market_stop else Decimal("1895"),
+        stop_loss_market=market_stop,
     )
 
 
@@ -152,3 +155,17 @@ def test_bracket_with_stop_above_take_profit_is_refused() -> None:
             take_profit=Decimal("1900"),
             stop_loss=Decimal("2100"),
         )
+
+
+def test_market_stop_loss_takes_no_limit_price() -> None:
+    with pytest.raises(ValueError, match="stop_loss_limit: a market stop-loss"):
+        eth_bracket("bad", "paper").model_validate(
+            {**eth_bracket("bad", "paper").model_dump(), "stop_loss_market": True}
+        )
+    group = eth_bracket("good", "paper", market_stop=True)
+    stop = group.bracket_intent("stop_loss", Decimal("0.4")).order
+    assert (stop.type, stop.price, stop.stop_price) == (
+        OrderType.STOP_MARKET,
+        None,
+        Decimal("1900"),
+    )

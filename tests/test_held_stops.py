@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import ccxt
+import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -204,15 +205,60 @@ async def test_cancelling_a_held_stop_ends_cancelled_with_no_exchange_order(
     await record_history(intents.temporal, intent, "held_stop_cancelled")
 
 
+HELD_TOGETHER = 12
+WINDOW = 4.0
+
+
+async def test_stops_held_on_one_symbol_share_the_ticker_requests(
+    intents: IntentClient, paper: Paper
+) -> None:
+    """Each held stop polls once a second; a dozen of them on one symbol cost the exchange the
+    worker's shared ticker requests (at most two a second), not a dozen a second. The polls
+    run on the workflow's queue, not the account's rate-limited one."""
+    await paper.move_price("SOL/USDT", "100")
+    stops = [stop_intent(stop_price=f"{50 + i}") for i in range(HELD_TOGETHER)]
+    await asyncio.gather(*(intents.submit(i) for i in stops))
+    for intent in stops:
+        await intents.wait_for(intent.intent_id, held)
+    await asyncio.sleep(1.5)  # every stop is past its first look, polling at its interval
+
+    before = await ticker_requests(paper)
+    await asyncio.sleep(WINDOW)
+    per_second = (await ticker_requests(paper) - before) / WINDOW
+    # Unshared, a dozen stops polling every second send about 12 a second.
+    assert 0 < per_second <= 3, per_second
+
+    handle = intents.temporal.get_workflow_handle(stops[0].workflow_id)
+    [pending] = (await handle.describe()).raw_description.pending_activities
+    assert pending.activity_type.name == "watch_price" and pending.attempt >= 3
+    history = await handle.fetch_history()
+    [queue] = [
+        e.activity_task_scheduled_event_attributes.task_queue.name
+        for e in history.events
+        if e.event_type is EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert "-account-" not in queue, queue
+    await asyncio.gather(*(intents.cancel(i.intent_id) for i in stops))
+    for intent in stops:
+        final = await asyncio.wait_for(intents.result(intent.intent_id), 30)
+        assert final.status is IntentStatus.CANCELED and final.placements == ()
+
+
 # --- a bracket whose stop-loss is held --------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("account", "market_stop"),
+    # stop-limit held because the account says so; stop-market held because ccxt reports no
+    # stop-market order for Binance spot
+    [(HELD, False), ("paper", True)],
+)
 async def test_bracket_stop_loss_is_held_then_released_and_the_take_profit_cancelled(
-    intents: IntentClient, paper: Paper
+    intents: IntentClient, paper: Paper, account: str, market_stop: bool
 ) -> None:
     await paper.move_price("ETH/USDT", "2000")
     gid = f"g-held-{uuid.uuid4().hex[:8]}"
-    group = eth_bracket(gid, HELD)
+    group = eth_bracket(gid, account, market_stop)
     await intents.submit_group(group)
     await intents.wait_for(group.leg_id("entry"), resting)
     await paper.move_price("ETH/USDT", "1990")
@@ -226,12 +272,16 @@ async def test_bracket_stop_loss_is_held_then_released_and_the_take_profit_cance
     assert stop.desired.stop_price == Decimal("1900")
     await stays_off_the_exchange(paper, group.leg_id("stop_loss"))
 
-    # Through the stop: released as a limit sell @ 1895, which takes at once at 1898.
+    # Through the stop: released as a limit sell @ 1895, which takes at once at 1898 (or as
+    # a market sell).
     await paper.move_price("ETH/USDT", "1898")
     sl = await asyncio.wait_for(intents.result(group.leg_id("stop_loss")), 30)
     assert sl.status is IntentStatus.FILLED and sl.filled == Decimal("1")
     [order] = await exchange_orders(paper, group.leg_id("stop_loss"))
-    assert order["type"] == "LIMIT" and Decimal(str(order["price"])) == Decimal("1895")
+    if market_stop:
+        assert order["type"] == "MARKET" and sl.average_price == Decimal("1898")
+    else:
+        assert order["type"] == "LIMIT" and Decimal(str(order["price"])) == Decimal("1895")
 
     tp = await asyncio.wait_for(intents.result(group.leg_id("take_profit")), 30)
     assert tp.status is IntentStatus.CANCELED and tp.filled == 0

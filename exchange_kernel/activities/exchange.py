@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -65,6 +66,11 @@ class ExchangeActivities:
         # orders until the new order is created, so this worker's placements on a symbol
         # cannot both pass the check on the same book (other workers still can: docs).
         self._open_notional_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Per (account, symbol): the last ticker request of the held stops, and when it began
+        # (monotonic, and wall clock to compare with a watch's start).
+        self._tickers: dict[
+            tuple[str, str], tuple[float, datetime, asyncio.Future[dict[str, Any]]]
+        ] = {}
 
     async def _call(self, account: str, call: Callable[[Any], Awaitable[T]]) -> T:
         # Imported here: the worker package imports this module, so a top-level import cycles.
@@ -107,22 +113,55 @@ class ExchangeActivities:
 
         return await self._call(request.account, call)
 
+    async def _shared_ticker(
+        self, account: str, symbol: str, max_age: float, not_before: datetime
+    ) -> dict[str, Any]:
+        """The symbol's ticker, fetched at most once per `max_age` seconds by this worker; the
+        callers meanwhile share that request (or its failure, which is then forgotten). Never a
+        request begun before `not_before`: a stop must not trigger on a price from before its
+        watch began."""
+        key = (account, symbol)
+        cached = self._tickers.get(key)
+        now = time.monotonic()
+        if cached is None or now - cached[0] >= max_age or cached[1] < not_before:
+            fetched = asyncio.ensure_future(self._call(account, lambda c: c.fetch_ticker(symbol)))
+            fetched.add_done_callback(functools.partial(self._forget_failed_ticker, key))
+            cached = (now, datetime.now(UTC), fetched)
+            self._tickers[key] = cached
+        # Shielded: one caller's cancellation (a change arrived) must not cancel the others'.
+        return await asyncio.shield(cached[2])
+
+    def _forget_failed_ticker(
+        self, key: tuple[str, str], fetched: asyncio.Future[dict[str, Any]]
+    ) -> None:
+        if fetched.cancelled() or fetched.exception() is not None:  # retrieved: no warning
+            cached = self._tickers.get(key)
+            if cached is not None and cached[2] is fetched:
+                del self._tickers[key]
+
     @activity.defn
     async def watch_price(self, request: PriceWatch) -> PriceSeen:
         """The last price once it crosses a held stop; until then, fail "not triggered yet".
 
-        One ticker request per attempt: Temporal's retries are the polling loop (the attempts
-        of a pending activity are not written to the history, so a stop held for a day costs
-        the intent a handful of events). The "not triggered" failure asks for the account's
-        poll interval as the next retry delay and is benign (no warning log, no failure
-        metric); exchange errors keep the exchange retry policy's backoff.
+        Temporal's retries are the polling loop (the attempts of a pending activity are not
+        written to the history, so a stop held for a day costs the intent a handful of events).
+        The "not triggered" failure asks for the account's poll interval as the next retry
+        delay and is benign (no warning log, no failure metric); exchange errors keep the
+        exchange retry policy's backoff. The stops held on one symbol share the worker's
+        ticker requests (`_shared_ticker`): at most about two per poll interval, however many.
         """
-        ticker = await self._call(request.account, lambda c: c.fetch_ticker(request.symbol))
+        config = self.pool.accounts.get(request.account)
+        poll = config.held_stop_poll_seconds if config is not None else 1.0
+        ticker = await self._shared_ticker(
+            request.account,
+            request.symbol,
+            max_age=poll / 2,
+            # When this watch began: its first attempt was scheduled then.
+            not_before=activity.info().scheduled_time,
+        )
         last = dec(ticker.get("last"))
         if last is not None and stop_crossed(request.side, request.stop_price, last):
             return PriceSeen(price=last, at=timestamp(ticker.get("timestamp")))
-        config = self.pool.accounts.get(request.account)
-        poll = config.held_stop_poll_seconds if config is not None else 1.0
         seen = "no last price" if last is None else f"last price {last}"
         raise ApplicationError(
             f"{seen} of {request.symbol}: held stop not triggered "

@@ -66,6 +66,13 @@ def _rejection(error: ActivityError) -> str | None:
     return None
 
 
+# Activities on the workflow's own task queue, outside the account's activity rate limit:
+# market rules (ccxt's cache), and held stops' price polls, whose ticker requests the worker
+# shares per symbol (`ExchangeActivities._shared_ticker`): held on the account's queue, every
+# held stop's poll would take a share of the rate limit that placements need.
+WORKFLOW_QUEUE_ACTIVITIES = ("load_market", "watch_price")
+
+
 @workflow.defn(name="OrderIntent")
 class OrderIntentWorkflow:
     @workflow.init
@@ -565,7 +572,7 @@ class OrderIntentWorkflow:
         # No workflow.patched: a replay matches an activity by its id and type, not by its task
         # queue (tests/test_replay.py replays runs recorded before account queues), and a patch
         # would cost every run two history events (its marker and TemporalChangeVersion).
-        if activity != "load_market":
+        if activity not in WORKFLOW_QUEUE_ACTIVITIES:
             task_queue = account_task_queue(task_queue, self.state.intent.account)
         return task_queue
 
