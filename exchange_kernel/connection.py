@@ -26,6 +26,13 @@ def account_task_queue(task_queue: str, account: str) -> str:
     return f"{task_queue}-account-{account}"
 
 
+def sync_task_queue(task_queue: str) -> str:
+    """The task queue of the account syncs of the kernel on `task_queue`: their workflow tasks
+    never wait behind a backlog of intents' tasks (thousands submitted at once), which would
+    let the `watch` signals pile up into one activation too large to finish in time."""
+    return f"{task_queue}-sync"
+
+
 class TemporalUnreachable(ConnectionError):
     """The Temporal server did not answer: the message says where we looked and what to do."""
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.client import IntentClient
+from exchange_kernel.connection import sync_task_queue
 from exchange_kernel.devserver import start_local_environment
-from exchange_kernel.models import IntentStatus, client_order_id
+from exchange_kernel.models import IntentStatus, account_sync_id, client_order_id
 from exchange_kernel.worker import build_worker
+from exchange_kernel.workflows.account_sync import (
+    AccountSyncStart,
+    AccountSyncStatus,
+    AccountSyncWorkflow,
+)
 from tests.conftest import Paper, paper_accounts
 from tests.test_intents import new_intent, resting
 
@@ -73,3 +81,58 @@ async def test_intent_continues_as_new_and_keeps_its_state(
         )
         == 1
     )
+
+
+async def test_a_sync_on_the_kernels_queue_moves_to_its_own_when_it_continues_as_new(
+    short_history_env: WorkflowEnvironment, paper: Paper
+) -> None:
+    """A sync started before the syncs had a queue of their own (on the kernel's queue, no
+    `task_queue` in its input) keeps its accounts' activity queues, and its continue-as-new
+    moves it to `sync_task_queue`, where the worker's sync worker carries on its rounds."""
+    client = short_history_env.client
+    pool = ExchangePool(paper_accounts(paper.base_url))
+    intents = IntentClient(client, QUEUE)
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="28000")
+    try:
+        async with build_worker(client, pool, QUEUE):
+            handle = await client.start_workflow(
+                AccountSyncWorkflow.run,
+                AccountSyncStart(account="paper", interval=timedelta(milliseconds=200)),
+                id=account_sync_id("paper"),
+                task_queue=QUEUE,
+            )
+            first_run = handle.result_run_id
+            await intents.submit(intent)
+            await intents.wait_for(intent.intent_id, resting)
+            # A round is ~10 events: moved within seconds.
+            await eventually(lambda: moved_from(handle, first_run), within=60)
+            description = await handle.describe()
+            assert description.task_queue == sync_task_queue(QUEUE)
+            moved = client.get_workflow_handle(account_sync_id("paper"))
+            status = await moved.query("status", result_type=AccountSyncStatus)
+            assert status.watched >= 1
+            # Its rounds run on: its activities go to the account's queue.
+            await eventually(lambda: sync_round_reached(moved, status.round + 2), within=30)
+            await paper.move_price("BTC/USDT", "27990")  # filled: the moved sync tells it
+            final = await asyncio.wait_for(intents.result(intent.intent_id), 30)
+            assert final.status is IntentStatus.FILLED
+            await moved.terminate("test done")
+    finally:
+        await pool.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.2)
+
+
+async def moved_from(handle: WorkflowHandle[Any, Any], run_id: str | None) -> bool:
+    return (await handle.describe()).run_id != run_id
+
+
+async def sync_round_reached(handle: WorkflowHandle[Any, Any], round: int) -> bool:
+    return (await handle.query("status", result_type=AccountSyncStatus)).round >= round

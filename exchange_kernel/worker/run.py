@@ -20,7 +20,7 @@ from exchange_kernel.accounts import (
     ensure_capabilities,
 )
 from exchange_kernel.activities.exchange import ExchangeActivities
-from exchange_kernel.connection import TASK_QUEUE, account_task_queue
+from exchange_kernel.connection import TASK_QUEUE, account_task_queue, sync_task_queue
 from exchange_kernel.models import account_sync_id
 from exchange_kernel.worker.metrics import IntentGauges
 from exchange_kernel.workflows.account_sync import AccountSyncStart, AccountSyncWorkflow
@@ -42,17 +42,20 @@ class KernelWorker:
     """The kernel's Temporal workers in one process, run, entered and shut down together.
 
     `main` polls the task queue: the workflows, market rules (`load_market`: a local activity
-    first, the regular one on this queue as its fallback), and exchange activities scheduled
-    here before account task queues existed. `accounts` has one
+    first, the regular one on this queue as its fallback), held stops' price polls, and
+    exchange activities scheduled here before account task queues existed. `accounts` has one
     activity-only worker per account, polling `account_task_queue(task_queue, account)` with
     the account's rate limit: Temporal dispatches at most that many of the account's activities
-    per second, however many workers poll the queue (docs/operations.md, scale-out).
+    per second, however many workers poll the queue (docs/operations.md, scale-out). `syncs`
+    runs the account syncs on `sync_task_queue(task_queue)`, with workflow task slots of their
+    own (`main` still runs syncs started on the kernel's queue, until they continue as new).
     """
 
-    def __init__(self, main: Worker, accounts: dict[str, Worker]) -> None:
+    def __init__(self, main: Worker, accounts: dict[str, Worker], syncs: Worker) -> None:
         self.main = main
         self.accounts = accounts
-        self.workers = [main, *accounts.values()]
+        self.syncs = syncs
+        self.workers = [main, *accounts.values(), syncs]
 
     @property
     def task_queue(self) -> str:
@@ -125,19 +128,26 @@ def build_worker(
         )
         for name, config in sorted(pool.accounts.items())
     }
-    return KernelWorker(main, accounts)
+    syncs = Worker(
+        client,
+        task_queue=sync_task_queue(task_queue),
+        workflows=[AccountSyncWorkflow],
+        workflow_runner=WORKFLOW_RUNNER,
+    )
+    return KernelWorker(main, accounts, syncs)
 
 
 async def ensure_account_syncs(
     client: Client, accounts: Iterable[str], task_queue: str = TASK_QUEUE
 ) -> None:
-    """Start each account's AccountSyncWorkflow unless it is already running."""
+    """Start each account's AccountSyncWorkflow (on the syncs' queue) unless it is already
+    running."""
     for account in accounts:
         await client.start_workflow(
             AccountSyncWorkflow.run,
-            AccountSyncStart(account=account),
+            AccountSyncStart(account=account, task_queue=task_queue),
             id=account_sync_id(account),
-            task_queue=task_queue,
+            task_queue=sync_task_queue(task_queue),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             static_summary=f"bulk observation of account {account}",

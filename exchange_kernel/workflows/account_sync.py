@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.client_ids import Owners
-    from exchange_kernel.connection import account_task_queue
+    from exchange_kernel.connection import account_task_queue, sync_task_queue
     from exchange_kernel.models import (
         ExchangeOrder,
         HaltRequest,
@@ -53,6 +53,9 @@ class AccountSyncStart(Value):
     # -> ccxt exchange id, and -> highest placement number known. Absent: the kernel's form.
     exchanges: dict[str, str] = {}
     placements: dict[str, int] = {}
+    # The kernel's task queue: the account's activity queue derives from it. None: the
+    # workflow's own (a run started when the syncs shared the kernel's queue).
+    task_queue: str | None = None
 
 
 class AccountSyncStatus(Value):
@@ -212,6 +215,7 @@ class AccountSyncWorkflow:
         while True:
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                kernel_queue = self._kernel_queue()
                 workflow.continue_as_new(
                     start.model_copy(
                         update={
@@ -222,8 +226,11 @@ class AccountSyncWorkflow:
                             "cancel_all": self.cancel_all,
                             "exchanges": self._exchanges(),
                             "placements": {i: self.owners.placement(i) for i in self.watched},
+                            "task_queue": kernel_queue,
                         }
-                    )
+                    ),
+                    # A run on the kernel's queue moves to the syncs' own.
+                    task_queue=sync_task_queue(kernel_queue),
                 )
             if self.watched:
                 await self._round()
@@ -237,10 +244,13 @@ class AccountSyncWorkflow:
             except TimeoutError:
                 pass
 
+    def _kernel_queue(self) -> str:
+        return self.start.task_queue or workflow.info().task_queue
+
     def _activity_queue(self) -> str:
         """The account's task queue: its rate limit holds across workers. (Replay does not compare
         an activity's task queue, so runs recorded before it existed replay unchanged.)"""
-        return account_task_queue(workflow.info().task_queue, self.start.account)
+        return account_task_queue(self._kernel_queue(), self.start.account)
 
     def _symbols(self) -> tuple[str, ...]:
         return tuple(sorted(set(self.watched.values())))
