@@ -815,31 +815,22 @@ class IntentGroup(Value):
             spec = self.entry
         else:
             exit_side = Side.SELL if self.entry.side is Side.BUY else Side.BUY
+            price: Decimal | None
             if leg == "take_profit":
-                spec = OrderSpec(
-                    symbol=self.entry.symbol,
-                    side=exit_side,
-                    type=OrderType.LIMIT,
-                    amount=amount,
-                    price=self.take_profit,
-                )
+                order_type, price, stop_price = OrderType.LIMIT, self.take_profit, None
             elif self.stop_loss_market:
-                spec = OrderSpec(
-                    symbol=self.entry.symbol,
-                    side=exit_side,
-                    type=OrderType.STOP_MARKET,
-                    amount=amount,
-                    stop_price=self.stop_loss,
-                )
+                order_type, price, stop_price = OrderType.STOP_MARKET, None, self.stop_loss
             else:
-                spec = OrderSpec(
-                    symbol=self.entry.symbol,
-                    side=exit_side,
-                    type=OrderType.STOP_LIMIT,
-                    amount=amount,
-                    price=self.stop_loss_limit or self.stop_loss,
-                    stop_price=self.stop_loss,
-                )
+                order_type, stop_price = OrderType.STOP_LIMIT, self.stop_loss
+                price = self.stop_loss_limit or self.stop_loss
+            spec = OrderSpec(
+                symbol=self.entry.symbol,
+                side=exit_side,
+                type=order_type,
+                amount=amount,
+                price=price,
+                stop_price=stop_price,
+            )
         return OrderIntent(
             intent_id=self.leg_id(leg),
             account=self.account,
