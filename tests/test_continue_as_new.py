@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
 
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.client import IntentClient
@@ -19,7 +22,10 @@ from exchange_kernel.connection import sync_task_queue
 from exchange_kernel.devserver import start_local_environment
 from exchange_kernel.models import IntentStatus, account_sync_id, client_order_id
 from exchange_kernel.worker import build_worker
+from exchange_kernel.worker.run import WORKFLOW_RUNNER
+from exchange_kernel.workflows import account_sync
 from exchange_kernel.workflows.account_sync import (
+    BOUNDED_HISTORY_PATCH,
     AccountSyncStart,
     AccountSyncStatus,
     AccountSyncWorkflow,
@@ -136,3 +142,71 @@ async def moved_from(handle: WorkflowHandle[Any, Any], run_id: str | None) -> bo
 
 async def sync_round_reached(handle: WorkflowHandle[Any, Any], round: int) -> bool:
     return (await handle.query("status", result_type=AccountSyncStatus)).round >= round
+
+
+BOUND = 100
+
+
+async def test_the_sync_continues_as_new_past_its_bound_and_older_runs_replay(
+    temporal_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync continues as new once its history passes `MAX_HISTORY_EVENTS`, well before
+    Temporal suggests it; a run that went past the bound before it existed (no patch marker)
+    still replays. Each `sync_now` signal to an idle sync (nothing watched) adds an event or
+    a few to its history."""
+    queue = f"sync-bound-{uuid.uuid4().hex[:8]}"
+    start = AccountSyncStart(account="bound", interval=timedelta(hours=1))
+    replayer = Replayer(
+        workflows=[AccountSyncWorkflow],
+        data_converter=pydantic_data_converter,
+        workflow_runner=WORKFLOW_RUNNER,
+    )
+    async with Worker(
+        temporal_client,
+        task_queue=queue,
+        workflows=[AccountSyncWorkflow],
+        workflow_runner=WORKFLOW_RUNNER,
+    ):
+        # The code before the bound: far past it, no continue-as-new.
+        monkeypatch.setattr(account_sync, "MAX_HISTORY_EVENTS", 10**6)
+        old = await temporal_client.start_workflow(
+            AccountSyncWorkflow.run, start, id=f"{queue}-old", task_queue=queue
+        )
+        await grow_history(old, 2 * BOUND)
+        await old.terminate("recorded")
+        old_history = await old.fetch_history()
+
+        monkeypatch.setattr(account_sync, "MAX_HISTORY_EVENTS", BOUND)
+        await replayer.replay_workflow(old_history)  # the patch keeps the old run's path
+
+        new = await temporal_client.start_workflow(
+            AccountSyncWorkflow.run, start, id=f"{queue}-new", task_queue=queue
+        )
+        await grow_history(new, BOUND, until_moved=True)
+        first = temporal_client.get_workflow_handle(new.id, run_id=new.result_run_id)
+        first_history = await first.fetch_history()
+        await new.terminate("test done")
+    events = list(first_history.events)
+    assert events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    assert BOUND <= len(events) < 2 * BOUND, len(events)  # Temporal suggests it in thousands
+    markers = [
+        str(e.marker_recorded_event_attributes)
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert any(BOUNDED_HISTORY_PATCH in m for m in markers), markers
+    await replayer.replay_workflow(first_history)
+
+
+async def grow_history(
+    handle: WorkflowHandle[Any, Any], length: int, until_moved: bool = False
+) -> None:
+    """Signal `sync_now` until the run's history has `length` events (or it moved on)."""
+    async with asyncio.timeout(60):
+        while True:
+            if until_moved and await moved_from(handle, handle.result_run_id):
+                return
+            history = await handle.fetch_history()
+            if not until_moved and len(history.events) >= length:
+                return
+            await asyncio.gather(*(handle.signal("sync_now") for _ in range(10)))

@@ -70,6 +70,12 @@ class AccountSyncStatus(Value):
 
 # Signals sent to intents per workflow task.
 SIGNAL_BATCH = 500
+# Continue as new past this many history events, sooner than Temporal suggests: every `watch`
+# is an event, and a worker that lost the run from its cache (a failed or timed-out task, e.g.
+# a continue-as-new meeting a signal) replays the whole history in one task. Thousands of
+# intents submitted at once made that replay outlast the task timeout, again and again.
+MAX_HISTORY_EVENTS = 2000
+BOUNDED_HISTORY_PATCH = "sync-bounded-history"
 
 
 @workflow.defn(name="AccountSync")
@@ -213,7 +219,7 @@ class AccountSyncWorkflow:
         if self.halt_reasons:
             self._publish_halts()  # carried over a continue-as-new
         while True:
-            if workflow.info().is_continue_as_new_suggested():
+            if self._history_full():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 kernel_queue = self._kernel_queue()
                 workflow.continue_as_new(
@@ -243,6 +249,15 @@ class AccountSyncWorkflow:
                 )
             except TimeoutError:
                 pass
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        # Patched: runs that went past the bound before it existed replay without it.
+        return info.get_current_history_length() >= MAX_HISTORY_EVENTS and workflow.patched(
+            BOUNDED_HISTORY_PATCH
+        )
 
     def _kernel_queue(self) -> str:
         return self.start.task_queue or workflow.info().task_queue
