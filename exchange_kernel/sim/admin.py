@@ -11,6 +11,7 @@ whole exchange) order events that share a millisecond.
                             "drop_response", "latency_ms": [min, max], "seed", "endpoints",
                             "max_faults"}  (replaces the profile; omitted = off)
     GET  /sim/v1/orders    ?account=&symbol=&status=  -> {"orders": [order]}
+                           (&count=1 -> {"count": n}: how many, without them)
     GET  /sim/v1/trades    ?account=&symbol=          -> {"trades": [trade]}
     GET  /sim/v1/balances  -> {"accounts": {key: {asset: {free, locked}}},
                                "fees_collected": {asset: amt}, "counterparty": {asset: amt}}
@@ -177,6 +178,8 @@ async def orders(request: web.Request) -> web.Response:
         and ("symbol" not in q or o.symbol == q["symbol"])
         and ("status" not in q or o.status == q["status"])
     ]
+    if q.get("count") == "1":
+        return web.json_response({"count": len(selected)})
     return web.json_response({"orders": [order_json(o) for o in selected]})
 
 
