@@ -31,7 +31,7 @@ from exchange_kernel.workflows.account_sync import (
     AccountSyncWorkflow,
 )
 from tests.conftest import Paper, paper_accounts
-from tests.test_intents import new_intent, resting
+from tests.test_intents import new_intent, record_workflow_history, resting
 
 QUEUE = "exchange-kernel-can"
 
@@ -123,6 +123,9 @@ async def test_a_sync_on_the_kernels_queue_moves_to_its_own_when_it_continues_as
             await paper.move_price("BTC/USDT", "27990")  # filled: the moved sync tells it
             final = await asyncio.wait_for(intents.result(intent.intent_id), 30)
             assert final.status is IntentStatus.FILLED
+            await record_workflow_history(
+                client, account_sync_id("paper"), "account_sync_continued_as_new", first_run
+            )
             await moved.terminate("test done")
     finally:
         await pool.close()

@@ -18,9 +18,10 @@ from exchange_kernel.models import (
     OrderIntent,
     OrderSpec,
     OrderType,
+    group_workflow_id,
 )
 from tests.conftest import Paper
-from tests.test_intents import resting
+from tests.test_intents import record_workflow_history, resting
 
 
 def group_id() -> str:
@@ -64,6 +65,7 @@ async def test_oco_fill_cancels_the_other_leg(intents: IntentClient, paper: Pape
     other = await intents.state(f"{gid}.rip")
     assert other.status is IntentStatus.CANCELED
     assert "OCO" in (other.outcome_reason or "")
+    await record_workflow_history(intents.temporal, group_workflow_id(gid), "group_oco")
 
 
 async def test_oco_race_both_legs_fill_in_one_move_is_reported_as_overfill(
@@ -143,6 +145,7 @@ async def test_bracket_protects_exactly_the_filled_amount(
     assert entry.status is IntentStatus.CANCELED
     assert entry.filled == Decimal("0.7")
     assert final.overfill == {}
+    await record_workflow_history(intents.temporal, group_workflow_id(gid), "group_bracket")
 
 
 def test_bracket_with_stop_above_take_profit_is_refused() -> None:

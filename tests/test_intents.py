@@ -64,9 +64,16 @@ def live(orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def record_history(client: Client, intent: OrderIntent, name: str) -> None:
     """Keep the scenario's history for the replay test (`make histories` refreshes them)."""
+    await record_workflow_history(client, intent.workflow_id, name)
+
+
+async def record_workflow_history(
+    client: Client, workflow_id: str, name: str, run_id: str | None = None
+) -> None:
+    """The same for any of the kernel's workflows (a group, an account sync), or one run."""
     if not RECORD:
         return
-    history = await client.get_workflow_handle(intent.workflow_id).fetch_history()
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
     (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
