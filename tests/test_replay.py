@@ -1,7 +1,7 @@
 """Every recorded scenario history must replay against the current workflow code.
 
-A change to OrderIntentWorkflow that alters the commands it issues for an existing history
-breaks this test; such a change needs `workflow.patched` (see CONTRIBUTING.md).
+A change to a workflow (intent, group, account sync) that alters the commands it issues for an
+existing history breaks this test; such a change needs `workflow.patched` (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
