@@ -44,6 +44,17 @@ def test_reset_point_is_the_task_that_issued_the_diverging_event() -> None:
     assert "Nondeterminism" in point.error
 
 
+def test_reset_point_of_the_later_finding_redoes_its_placement_with_a_lookup() -> None:
+    """Finding 2 again (2026-11-30): the replay issues a memo upsert the original task did not,
+    before the placement it scheduled (event 35). The reset redoes that task, whose placement
+    the discarded history already sent: `repair` names it, and the repaired run looks it up."""
+    text = (HERE / "chaos" / "findings" / "nondeterminism-chaos-1-0214.json").read_text()
+    point = find_reset_point(WorkflowHistory.from_json("intent-chaos-1-0214", text), "run")
+    assert (point.diverged_at, point.workflow_task_completed_id) == (35, 33)
+    assert point.workflow_type == "OrderIntent"
+    assert point.discarded_orders == (client_ids.id_for("chaos-1-0214", 1),)
+
+
 @pytest.mark.parametrize("path", sorted((HERE / "histories").glob("*.json"))[:2])
 def test_a_healthy_history_has_nothing_to_repair(path: Path) -> None:
     history = WorkflowHistory.from_json(f"intent-{path.stem}", path.read_text())
