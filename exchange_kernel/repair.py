@@ -57,7 +57,8 @@ class ResetPoint:
     error: str
     workflow_type: str = ""
     # Client order ids sent by the exchange activities the reset discards (scheduled after
-    # the point): the redone work looks these up before it creates anything.
+    # the point), shown by `repair`: the repaired run looks up its own placements before
+    # creating them, so only an id among these that it never reaches needs checking by hand.
     discarded_orders: tuple[str, ...] = ()
 
 

@@ -103,6 +103,9 @@ async def test_a_round_converts_only_the_orders_that_changed() -> None:
         try:
             exchange = pool.client("iso")
             await exchange.load_markets()
+            # As on Binance itself, where a spot symbol that allows margin trading says so:
+            # the account still trades spot, and the raw listing still applies.
+            exchange.markets["BTC/USDT"]["margin"] = True
             ids = [f"ek-{i:016x}-1" for i in range(RESTING_SMALL)]
             for i, client_order_id in enumerate(ids):  # 29000 .. 29029: below 30000, resting
                 await exchange.create_order(

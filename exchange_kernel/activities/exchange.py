@@ -148,7 +148,7 @@ class ExchangeActivities:
         The "not triggered" failure asks for the account's poll interval as the next retry
         delay and is benign (no warning log, no failure metric); exchange errors keep the
         exchange retry policy's backoff. The stops held on one symbol share the worker's
-        ticker requests (`_shared_ticker`): at most about two per poll interval, however many.
+        ticker requests (`_shared_ticker`): about two per poll interval, however many.
         """
         config = self.pool.accounts.get(request.account)
         poll = config.held_stop_poll_seconds if config is not None else 1.0
@@ -457,7 +457,7 @@ async def open_orders(client: Any, symbol: str) -> list[OpenOrder]:
     """
     await client.load_markets()
     market = client.market(symbol)
-    if client.id == "binance" and market.get("spot") and not market.get("margin", False):
+    if client.id == "binance" and market.get("spot") and _spot_account(client.options):
         listed = []
         for raw in await client.privateGetOpenOrders({"symbol": market["id"]}):
             status = client.parse_order_status(raw.get("status"))
@@ -484,6 +484,17 @@ async def open_orders(client: Any, symbol: str) -> list[OpenOrder]:
         )
         for o in orders
     ]
+
+
+def _spot_account(options: dict[str, Any]) -> bool:
+    """The client trades the plain spot account, where ccxt's `fetch_open_orders` reads
+    `GET /api/v3/openOrders` too (not margin or portfolio margin, which other options select;
+    the market's own `margin` flag only says the symbol allows margin trading)."""
+    return (
+        options.get("defaultType", "spot") == "spot"
+        and not options.get("defaultMarginMode")
+        and not options.get("portfolioMargin")
+    )
 
 
 def _parse_order(client: Any, raw: dict[str, Any], market: dict[str, Any]) -> ExchangeOrder:
