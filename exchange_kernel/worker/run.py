@@ -23,6 +23,7 @@ from exchange_kernel.activities.exchange import ExchangeActivities
 from exchange_kernel.connection import TASK_QUEUE, account_task_queue, sync_task_queue
 from exchange_kernel.models import account_sync_id
 from exchange_kernel.worker.metrics import IntentGauges
+from exchange_kernel.worker.query_guard import QueryGuardRunner
 from exchange_kernel.workflows.account_sync import AccountSyncStart, AccountSyncWorkflow
 from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
@@ -49,12 +50,21 @@ class KernelWorker:
     per second, however many workers poll the queue (docs/operations.md, scale-out). `syncs`
     runs the account syncs on `sync_task_queue(task_queue)`, with workflow task slots of their
     own (`main` still runs syncs started on the kernel's queue, until they continue as new).
+    `guards` are the workflow runners of `main` and `syncs` (worker/query_guard.py).
     """
 
-    def __init__(self, main: Worker, accounts: dict[str, Worker], syncs: Worker) -> None:
+    def __init__(
+        self,
+        main: Worker,
+        accounts: dict[str, Worker],
+        syncs: Worker,
+        *,
+        guards: tuple[QueryGuardRunner, ...] = (),
+    ) -> None:
         self.main = main
         self.accounts = accounts
         self.syncs = syncs
+        self.guards = guards
         self.workers = [main, *accounts.values(), syncs]
 
     @property
@@ -110,14 +120,18 @@ def build_worker(
     """The workflows on `task_queue`, and each account's exchange activities on its own queue
     with its rate limit (`accounts.activities_per_second`)."""
     activities = ExchangeActivities(pool).all()
+    # Each worker running workflows evicts a run after a legacy query that found it advanced
+    # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
+    main_guard, syncs_guard = QueryGuardRunner(WORKFLOW_RUNNER), QueryGuardRunner(WORKFLOW_RUNNER)
     main = Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
         activities=activities,
         max_concurrent_activities=max_concurrent_activities,
-        workflow_runner=WORKFLOW_RUNNER,
+        workflow_runner=main_guard,
     )
+    main_guard.bind(main)
     accounts = {
         name: Worker(
             client,
@@ -132,9 +146,10 @@ def build_worker(
         client,
         task_queue=sync_task_queue(task_queue),
         workflows=[AccountSyncWorkflow],
-        workflow_runner=WORKFLOW_RUNNER,
+        workflow_runner=syncs_guard,
     )
-    return KernelWorker(main, accounts, syncs)
+    syncs_guard.bind(syncs)
+    return KernelWorker(main, accounts, syncs, guards=(main_guard, syncs_guard))
 
 
 async def ensure_account_syncs(

@@ -1,0 +1,181 @@
+"""The query guard (exchange_kernel/worker/query_guard.py) against the SDK defect it works around.
+
+Real dev server, worker processes SIGKILLed as in the chaos runs. The scenario: the workflow's
+worker dies with an activity scheduled; a query waits for a worker; the activity completes
+(its workflow task waits on the dead worker's sticky queue); a fresh worker answers the query;
+then a signal arrives; then that worker handles the workflow task. Without the guard the
+history it writes does not replay (the defect, shown so that the day the SDK fixes it, the
+guard's reason to exist is checked again); with the guard it replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.worker import Replayer, Worker
+
+from exchange_kernel.accounts import ExchangePool
+from exchange_kernel.worker import build_worker
+from exchange_kernel.worker.query_guard import QueryGuardRunner
+from tests.query_guard_probe import QueryGuardProbe, probe_step
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProbeWorker:
+    def __init__(self, target: str, task_queue: str, mode: str, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.query_guard_probe", target, task_queue, mode],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+
+    @property
+    def identity(self) -> str:
+        return f"{self.process.pid}@{socket.gethostname()}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+async def wait_for(what: str, check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {within:.0f} s") from None
+
+
+async def polling(client: Client, task_queue: str, worker: ProbeWorker) -> bool:
+    assert worker.process.poll() is None, worker.log.read_text(errors="replace")[-2000:]
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return worker.identity in {p.identity for p in response.pollers}
+
+
+async def event_types(handle: WorkflowHandle) -> list[EventType.ValueType]:
+    return [e.event_type for e in (await handle.fetch_history()).events]
+
+
+async def cold_query_then_signal(client: Client, mode: str, logs: Path) -> WorkflowHistory:
+    target = client.service_client.config.target_host
+    task_queue = f"query-guard-{mode}-{uuid.uuid4().hex[:8]}"
+    steps_queue = f"{task_queue}-steps"
+    log = logs / f"{mode}.log"
+
+    first = ProbeWorker(target, task_queue, mode, log)
+    try:
+        await wait_for("first worker", lambda: polling(client, task_queue, first))
+        handle = await client.start_workflow(
+            QueryGuardProbe.run,
+            steps_queue,
+            id=f"probe-{task_queue}",
+            task_queue=task_queue,
+            execution_timeout=timedelta(minutes=5),
+        )
+
+        async def scheduled() -> bool:
+            return EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED in await event_types(handle)
+
+        await wait_for("activity scheduled", scheduled)
+    finally:
+        first.kill()
+
+    # Issued while nothing is pending: dispatched as a legacy query, it waits for a worker.
+    query = asyncio.create_task(handle.query(QueryGuardProbe.value_now))
+    await asyncio.sleep(1.0)
+    steps = Worker(client, task_queue=steps_queue, activities=[probe_step])
+    async with steps:
+
+        async def completed() -> bool:
+            return EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in await event_types(handle)
+
+        await wait_for("activity completed", completed)
+        second = ProbeWorker(target, task_queue, mode, log)
+        try:
+            async with asyncio.timeout(60):
+                assert await query == 0
+            # The workflow task for the activity's result still waits on the dead worker's
+            # sticky queue: the signal lands before it is handled.
+            await handle.signal(QueryGuardProbe.set_value, 7)
+
+            async def handled() -> bool:
+                types = await event_types(handle)
+                signalled = types.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+                return EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in types[signalled:]
+
+            await wait_for("workflow task after the signal", handled)
+        finally:
+            second.kill()
+    history = await handle.fetch_history()
+    await handle.terminate("probe done")
+    return history
+
+
+async def replay_failure(history: WorkflowHistory) -> Exception | None:
+    replayer = Replayer(workflows=[QueryGuardProbe])
+    return (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
+
+
+async def test_a_cold_legacy_query_then_a_signal(temporal_client: Client, tmp_path: Path) -> None:
+    bare, guarded = await asyncio.gather(
+        cold_query_then_signal(temporal_client, "bare", tmp_path),
+        cold_query_then_signal(temporal_client, "guarded", tmp_path),
+    )
+
+    failure = await replay_failure(bare)
+    assert failure is not None and "Nondeterminism" in str(failure), (
+        "without the guard the history replayed: has the SDK fixed the defect? If so, "
+        "exchange_kernel/worker/query_guard.py may go (docs/reliability.md, finding 2)"
+    )
+    assert "evicting" not in (tmp_path / "bare.log").read_text()
+
+    assert await replay_failure(guarded) is None
+    log = (tmp_path / "guarded.log").read_text()
+    assert log.count("evicting run") == 1, log[-3000:]
+
+
+async def test_the_kernel_worker_guards_every_worker_that_runs_workflows(
+    temporal_client: Client,
+) -> None:
+    pool = ExchangePool({})
+    kernel = build_worker(temporal_client, pool, "query-guard-wiring")
+    try:
+        runners = {
+            id(worker): worker.config()["workflow_runner"]
+            for worker in kernel.workers
+            if worker.config().get("workflows")
+        }
+        assert len(runners) == 2  # main and syncs
+        assert sorted(map(id, runners.values())) == sorted(map(id, kernel.guards))
+        assert all(isinstance(r, QueryGuardRunner) and r.bound for r in runners.values())
+    finally:
+        await pool.close()
