@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -86,6 +88,15 @@ MetricsPortOption = Annotated[
         help="serve Prometheus metrics on PORT (loopback) or HOST:PORT, e.g. 9464 or 0.0.0.0:9464",
     ),
 ]
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 OtelOption = Annotated[
     bool,
     typer.Option(
@@ -187,6 +198,14 @@ def worker(
     profile: ProfileOption = None,
     metrics_port: MetricsPortOption = None,
     otel: OtelOption = False,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            help="log level of the worker's log (stderr); info adds e.g. the query guard's "
+            "evictions (docs/operations.md)",
+        ),
+    ] = LogLevel.warning,
 ) -> None:
     """Run a worker: the intent workflows and the exchange activities for the given accounts.
 
@@ -207,6 +226,9 @@ def worker(
         except AccountConfigError as exc:
             raise fail(str(exc), 2) from None
     telemetry = _telemetry(metrics_port, otel)
+    logging.basicConfig(
+        level=log_level.value.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     async def main() -> None:
         if telemetry.runtime is None:

@@ -77,6 +77,11 @@ class IntentRejected(ValueError):
     """The intent refused a modification or cancellation; the message says why."""
 
 
+class IntentStuck(IntentRejected):
+    """The intent's workflow task keeps failing (a nondeterminism error, say): it answers
+    nothing until `exchange-kernel repair` (docs/operations.md)."""
+
+
 class IntentListing(Value):
     """One row of `list()`: what visibility knows without asking the workflow."""
 
@@ -535,6 +540,13 @@ class IntentClient:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return IntentNotFound(f"no intent {intent_id!r}")
         if exc.status == RPCStatusCode.FAILED_PRECONDITION:
+            # The server answers a query to a run whose workflow task keeps failing with the
+            # same status as a change to a finished run; only the message tells them apart.
+            if "failed state" in exc.message:
+                return IntentStuck(
+                    f"intent {intent_id!r} is stuck: its workflow task keeps failing "
+                    f"({exc.message}); `exchange-kernel repair {intent_id}` shows why"
+                )
             return IntentRejected(f"intent {intent_id!r} has finished: {exc.message}")
         return exc
 

@@ -38,7 +38,7 @@ from typer.testing import CliRunner
 
 from exchange_kernel.accounts import AccountConfig, ExchangePool
 from exchange_kernel.cli import app
-from exchange_kernel.client import IntentClient, IntentRejected
+from exchange_kernel.client import IntentClient, IntentRejected, IntentStuck
 from exchange_kernel.connection import TASK_QUEUE
 from exchange_kernel.models import (
     IntentChange,
@@ -1003,3 +1003,32 @@ async def test_an_account_the_worker_does_not_know_ends_rejected_naming_it(bench
     assert final.status is IntentStatus.REJECTED
     assert "nobody-configured" in (final.outcome_reason or ""), final.outcome_reason
     assert (await bench.requests())["total"] == before["total"]
+
+
+async def test_an_intent_whose_workflow_task_keeps_failing_is_reported_stuck(bench: Bench) -> None:
+    # A hand-made start the worker cannot decode: its first workflow task fails on every try.
+    intent_id = f"stuck-{uuid.uuid4().hex[:8]}"
+    handle = await bench.temporal.start_workflow(
+        "OrderIntent",
+        {"not": "an IntentStart"},
+        id=workflow_id_for(intent_id),
+        task_queue=bench.intents.task_queue,
+    )
+    try:
+
+        async def failed() -> bool:
+            history = await handle.fetch_history()
+            return any(
+                e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events
+            )
+
+        async with asyncio.timeout(30):
+            while True:
+                if await failed():
+                    break
+                await asyncio.sleep(0.2)
+        # Not "has finished": the server answers with the status it gives a finished run.
+        with pytest.raises(IntentStuck, match=f"repair {intent_id}"):
+            await asyncio.wait_for(bench.intents.cancel(intent_id), 30)
+    finally:
+        await handle.terminate("test done")

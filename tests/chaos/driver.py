@@ -659,6 +659,9 @@ class Chaos:
                     self.task_queue,
                     "--address",
                     self.server.target,
+                    # The query guard's evictions show in worker.log.
+                    "--log-level",
+                    "info",
                 ]
                 code = self._snapshot_code()
                 self.worker = WorkerProcess(
