@@ -2,7 +2,7 @@
 
 The SDK's own exporter serves everything: a `Runtime` with a Prometheus endpoint carries the
 SDK's `temporal_*` series and exchange-kernel's `exchange_kernel_*` series, recorded through the
-SDK's meters, so there is one scrape target and no second metrics library. Three places record:
+SDK's meters, so there is one scrape target and no second metrics library. Four places record:
 
 - exchange activities (`ExchangeCallMetrics`, in `ExchangeActivities._call`): requests by ccxt
   method, errors by ccxt class, retried attempts;
@@ -10,6 +10,8 @@ SDK's meters, so there is one scrape target and no second metrics library. Three
   while replaying): reconciliation lag and finished intents by outcome;
 - the worker (`IntentGauges`): intents by status and pending reconciliations, counted in
   Temporal visibility, so a gauge is one number per status and account, not one per intent.
+- the query guard (`worker/query_guard.py`): runs evicted from the worker's cache after a
+  legacy query.
 
 `read()` turns a scrape back into the summary that `exchange-kernel metrics` prints;
 `Telemetry` is what `worker` and `dev` set up from `--metrics-port` and `--otel` (tracing with
@@ -110,7 +112,13 @@ PENDING = Metric(
     "running intents whose exchange does not match yet (reconciling, unknown), from visibility",
     ("account", "reconciliation_status"),
 )
-METRICS = (REQUESTS, ERRORS, RETRIES, RECONCILE_LAG, FINISHED, INTENTS, PENDING)
+EVICTIONS = Metric(
+    "exchange_kernel_query_guard_evictions_total",
+    "counter",
+    "runs the worker evicted after a legacy query found them advanced (worker/query_guard.py)",
+    ("task_queue",),
+)
+METRICS = (REQUESTS, ERRORS, RETRIES, RECONCILE_LAG, FINISHED, INTENTS, PENDING, EVICTIONS)
 
 # Seconds: an order resting within a Temporal round trip lands in the first buckets, an intent
 # waiting out rate limits or unanswered calls in the last ones.

@@ -17,7 +17,8 @@ The guard wraps the workflow runner and watches each cached run's activations: w
 query reaches a run that has handled non-replaying activations since it was loaded into the
 cache, the run is evicted once the query is answered. Its next workflow task replays the
 history from the start, as any replay will. A query on a run that only replayed (nothing new
-was pending) keeps the cache. tests/test_query_guard.py reproduces the defect without the
+was pending) keeps the cache. Evictions are counted (`exchange_kernel_query_guard_evictions_total`)
+and logged at INFO. tests/test_query_guard.py reproduces the defect without the
 guard and checks the guard against it.
 """
 
@@ -30,7 +31,10 @@ from typing import Any
 
 from temporalio.bridge.proto.workflow_activation import WorkflowActivation
 from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker, WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
+
+from exchange_kernel.worker.metrics import EVICTIONS
 
 log = logging.getLogger("exchange_kernel.worker")
 
@@ -60,11 +64,18 @@ class QueryGuardRunner(WorkflowRunner):
         # bridge worker (tests/test_query_guard.py fails if it stops working).
         bridge = worker._bridge_worker
         loop = asyncio.get_running_loop()
+        runtime = worker.client.service_client.config.runtime or Runtime.default()
+        counter = runtime.metric_meter.create_counter(
+            EVICTIONS.instrument, EVICTIONS.help
+        ).with_additional_attributes({"task_queue": worker.task_queue})
+
+        def request(run_id: str) -> None:
+            bridge.request_workflow_eviction(run_id)
+            counter.add(1)
 
         def evict(run_id: str) -> None:
-            # Activations run in the SDK's thread pool: request it from the loop, after the
-            # query's completion is handed back.
-            loop.call_soon_threadsafe(bridge.request_workflow_eviction, run_id)
+            # Activations run in the SDK's thread pool: request it from the loop.
+            loop.call_soon_threadsafe(request, run_id)
 
         self._evict = evict
 
