@@ -17,9 +17,9 @@ The guard wraps the workflow runner and watches each cached run's activations: w
 query reaches a run that has handled non-replaying activations since it was loaded into the
 cache, the run is evicted once the query is answered. Its next workflow task replays the
 history from the start, as any replay will. A query on a run that only replayed (nothing new
-was pending) keeps the cache. Evictions are counted (`exchange_kernel_query_guard_evictions_total`)
-and logged at INFO. tests/test_query_guard.py reproduces the defect without the
-guard and checks the guard against it.
+was pending) keeps the cache. Evictions are counted
+(`exchange_kernel_query_guard_evictions_total`) and logged at INFO. tests/test_query_guard.py
+reproduces the defect without the guard and checks the guard against it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ class QueryGuardRunner(WorkflowRunner):
 
     def __init__(self, inner: WorkflowRunner) -> None:
         self.inner = inner
-        self.evictions = 0
         self._evict: Callable[[str], None] | None = None
 
     def bind(self, worker: Worker) -> None:
@@ -97,7 +96,6 @@ class QueryGuardRunner(WorkflowRunner):
     def evict_after_query(self, run_id: str) -> None:
         if self._evict is None:
             raise RuntimeError("QueryGuardRunner used before bind(worker)")
-        self.evictions += 1
         log.info("evicting run %s after a legacy query on a run that advanced", run_id)
         self._evict(run_id)
 

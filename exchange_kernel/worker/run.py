@@ -118,7 +118,8 @@ def build_worker(
     max_concurrent_activities: int = 200,
 ) -> KernelWorker:
     """The workflows on `task_queue`, and each account's exchange activities on its own queue
-    with its rate limit (`accounts.activities_per_second`)."""
+    with its rate limit (`accounts.activities_per_second`). Call it on the event loop that will
+    run the workers (their query guards request evictions there)."""
     activities = ExchangeActivities(pool).all()
     # Each worker running workflows evicts a run after a legacy query that found it advanced
     # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
