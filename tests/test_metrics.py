@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 from temporalio import workflow
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -291,33 +290,6 @@ async def test_worker_serves_the_sdk_metrics_on_the_same_endpoint(traffic: Metri
     names = {row.metric for row in rows}
     assert "temporal_workflow_completed_total" in names
     assert "temporal_activity_execution_latency" in names
-
-
-async def test_worker_counts_the_query_guards_evictions(traffic: MetricsWorker) -> None:
-    kernel = traffic.intents
-    rests = intent(price="28500")
-    await kernel.submit(rests)
-    await kernel.wait_for(rests.intent_id, resting)
-    evictions = "exchange_kernel_query_guard_evictions_total"
-    before = value(await traffic.rows(), evictions)
-    # A workflow task loads the run into the worker's cache and advances it; a query then
-    # finds it advanced, and the guard evicts it (worker/query_guard.py).
-    handle = traffic.client.get_workflow_handle(rests.workflow_id)
-    completed = len((await handle.fetch_history()).events)
-    await kernel.resync(rests.intent_id)
-    async with asyncio.timeout(30):
-        while True:
-            events = (await handle.fetch_history()).events[completed:]
-            if any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in events):
-                break
-            await asyncio.sleep(0.2)
-    assert resting(await kernel.state(rests.intent_id))
-    async with asyncio.timeout(10):
-        while True:
-            if value(await traffic.rows(), evictions) >= before + 1:
-                break
-            await asyncio.sleep(0.2)
-    await kernel.cancel(rests.intent_id)
 
 
 async def test_intent_workflows_report_lag_and_outcomes(traffic: MetricsWorker) -> None:

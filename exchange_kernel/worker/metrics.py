@@ -115,7 +115,7 @@ PENDING = Metric(
 EVICTIONS = Metric(
     "exchange_kernel_query_guard_evictions_total",
     "counter",
-    "runs the worker evicted after a legacy query found them advanced (worker/query_guard.py)",
+    "runs evicted after a legacy query that loaded them advanced (worker/query_guard.py)",
     ("task_queue",),
 )
 METRICS = (REQUESTS, ERRORS, RETRIES, RECONCILE_LAG, FINISHED, INTENTS, PENDING, EVICTIONS)

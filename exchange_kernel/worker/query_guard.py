@@ -14,12 +14,12 @@ nondeterministic: the next worker to replay it fails with `[TMPRL1100] Nondeterm
 and the intent is stuck until `exchange-kernel repair` (docs/reliability.md, finding 2).
 
 The guard wraps the workflow runner and watches each cached run's activations: when a legacy
-query reaches a run that has handled non-replaying activations since it was loaded into the
-cache, the run is evicted once the query is answered. Its next workflow task replays the
-history from the start, as any replay will. A query on a run that only replayed (nothing new
-was pending) keeps the cache. Evictions are counted
-(`exchange_kernel_query_guard_evictions_total`) and logged at INFO. tests/test_query_guard.py
-reproduces the defect without the guard and checks the guard against it.
+query reaches a run that handled non-replaying activations right after it was loaded into the
+cache, before any later workflow task, the run is evicted once the query is answered. Its next
+workflow task replays the history from the start, as any replay will. A query on a run that
+only replayed (nothing new was pending), or on a run past the task that loaded it, keeps the
+cache. Evictions are counted (`exchange_kernel_query_guard_evictions_total`) and logged at INFO.
+tests/test_query_guard.py reproduces the defect without the guard and checks the guard against it.
 """
 
 from __future__ import annotations
@@ -106,16 +106,25 @@ class _GuardedInstance(WorkflowInstance):
     def __init__(self, inner: WorkflowInstance, guard: QueryGuardRunner) -> None:
         self.inner = inner
         self.guard = guard
-        self.advanced = False  # handled a non-replaying activation
+        # History length of the first non-replaying activation: the task that loaded the run.
+        self.loaded_at: int | None = None
+        self.settled = False  # a later task came: the run is past the task that loaded it
         self.evicting = False
 
     def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
         if is_legacy_query(act):
-            if self.advanced and not self.evicting:
+            # Only a run loaded by this very query task can hold events no task has completed
+            # (the defect). A settled run stays cached: evicting it would make its next task a
+            # cold start, and an update handled on a cold start meets another core defect
+            # (temporalio/sdk-python#1591; docs/reliability.md, finding 2).
+            if self.loaded_at is not None and not self.settled and not self.evicting:
                 self.evicting = True
                 self.guard.evict_after_query(act.run_id)
         elif not act.is_replaying:
-            self.advanced = True
+            if self.loaded_at is None:
+                self.loaded_at = act.history_length
+            elif act.history_length > self.loaded_at:
+                self.settled = True
         return self.inner.activate(act)
 
     def get_serialization_context(self, command_info: Any) -> Any:

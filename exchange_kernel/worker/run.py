@@ -121,7 +121,7 @@ def build_worker(
     with its rate limit (`accounts.activities_per_second`). Call it on the event loop that will
     run the workers (their query guards request evictions there)."""
     activities = ExchangeActivities(pool).all()
-    # Each worker running workflows evicts a run after a legacy query that found it advanced
+    # Each worker running workflows evicts a run after a legacy query that loaded it advanced
     # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
     main_guard, syncs_guard = QueryGuardRunner(WORKFLOW_RUNNER), QueryGuardRunner(WORKFLOW_RUNNER)
     main = Worker(
