@@ -20,16 +20,24 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.bridge.proto.workflow_activation import WorkflowActivation
+from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import (
+    Replayer,
+    UnsandboxedWorkflowRunner,
+    Worker,
+    WorkflowInstance,
+)
 
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.worker import build_worker
-from exchange_kernel.worker.query_guard import QueryGuardRunner
+from exchange_kernel.worker.query_guard import QueryGuardRunner, _GuardedInstance
 from tests.query_guard_probe import QueryGuardProbe, probe_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,3 +187,70 @@ async def test_the_kernel_worker_guards_every_worker_that_runs_workflows(
         assert all(isinstance(r, QueryGuardRunner) and r.bound for r in runners.values())
     finally:
         await pool.close()
+
+
+class _Inner(WorkflowInstance):
+    def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
+        return WorkflowActivationCompletion(run_id=act.run_id)
+
+    def get_serialization_context(self, command_info: Any) -> Any:
+        return None
+
+    def get_external_store_context(self, command_info: Any) -> Any:
+        return None
+
+    def get_info(self) -> Any:
+        return None
+
+
+def activation(history_length: int, *, replaying: bool, query: str | None = None) -> Any:
+    act = WorkflowActivation(run_id="run", history_length=history_length, is_replaying=replaying)
+    if query is None:
+        act.jobs.add().signal_workflow.signal_name = "resync"
+    else:
+        act.jobs.add().query_workflow.query_id = query
+    return act
+
+
+def guarded_run(evicted: list[str]) -> WorkflowInstance:
+    """One cached run behind the guard, its evictions recorded instead of sent to a core."""
+    guard = QueryGuardRunner(UnsandboxedWorkflowRunner())
+    guard._evict = evicted.append  # what bind() sets: the request to the core
+    return _GuardedInstance(_Inner(), guard)
+
+
+def test_only_a_run_the_query_task_loaded_and_advanced_is_evicted() -> None:
+    # The defect's signature: replay, a live activation, the legacy query, one task.
+    evicted: list[str] = []
+    run = guarded_run(evicted)
+    for act in (
+        activation(3, replaying=True),
+        activation(9, replaying=False),
+        activation(9, replaying=True, query="legacy_query"),
+        activation(9, replaying=True, query="legacy_query"),
+    ):
+        run.activate(act)
+    assert evicted == ["run"]  # once
+
+    # Loaded by the query with nothing new: replay only, the cache stays.
+    evicted.clear()
+    run = guarded_run(evicted)
+    run.activate(activation(9, replaying=True))
+    run.activate(activation(9, replaying=True, query="legacy_query"))
+    assert evicted == []
+
+    # Past the task that loaded it (a later task came): the cache stays, no cold start.
+    run = guarded_run(evicted)
+    for act in (
+        activation(9, replaying=False),
+        activation(13, replaying=False),
+        activation(13, replaying=True, query="legacy_query"),
+    ):
+        run.activate(act)
+    assert evicted == []
+
+    # A query attached to a workflow task is not a legacy query.
+    run = guarded_run(evicted)
+    run.activate(activation(9, replaying=False))
+    run.activate(activation(9, replaying=False, query="q-1"))
+    assert evicted == []
