@@ -96,6 +96,53 @@ async def test_limit_rests_then_fills(intents: IntentClient, paper: Paper) -> No
     await record_history(intents.temporal, intent, "limit_rests_then_fills")
 
 
+async def fetch_orders_done(temporal: Client, intent: OrderIntent) -> int:
+    """How many `fetch_order` calls (looks at the exchange) of the intent have completed."""
+    history = await temporal.get_workflow_handle(intent.workflow_id).fetch_history()
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "fetch_order"
+    }
+    return sum(
+        1
+        for e in history.events
+        if e.HasField("activity_task_completed_event_attributes")
+        and e.activity_task_completed_event_attributes.scheduled_event_id in scheduled
+    )
+
+
+async def test_a_resync_during_a_look_is_acted_on_right_after_it(
+    intents: IntentClient, paper: Paper
+) -> None:
+    """A resync is level-triggered: one that lands while the intent is already looking at the
+    exchange gets its own look as soon as that one ends, with nothing else to wake the intent
+    (it is watched by the account sync, so its wait has no timeout). Acted on only when a wait
+    ended, it waited for the next wake-up, and the commands depended on how the core split a
+    task into activations (docs/reliability.md, finding 2)."""
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="28000")
+    await intents.submit(intent)
+    await intents.wait_for(intent.intent_id, resting)
+    before = await fetch_orders_done(intents.temporal, intent)
+    await paper.faults(latency_ms=[2000, 2000], endpoints=["GET /api/v3/order"])
+    try:
+        await intents.resync(intent.intent_id)
+        await asyncio.sleep(0.7)  # the first look is under way (2 s)
+        await intents.resync(intent.intent_id)
+        async with asyncio.timeout(30):
+            while True:
+                if await fetch_orders_done(intents.temporal, intent) >= before + 2:
+                    break
+                await asyncio.sleep(0.25)
+    finally:
+        await paper.faults()
+    await intents.cancel(intent.intent_id)
+    await intents.result(intent.intent_id)
+    await record_history(intents.temporal, intent, "resync_during_a_look")
+
+
 async def test_partial_fills_then_modify_then_fill(intents: IntentClient, paper: Paper) -> None:
     await paper.move_price("ETH/USDT", "2000")
     intent = new_intent(symbol="ETH/USDT", amount="1", price="1990")

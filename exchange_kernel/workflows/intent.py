@@ -56,6 +56,9 @@ EXCHANGE_CALL_TIMEOUT = timedelta(seconds=15)
 LOCAL_RULES_BUDGET = timedelta(seconds=2)
 # Consecutive exchange calls that exhausted their budget before the intent is given up (failed).
 MAX_UNANSWERED_CALLS = 3
+# A resync that arrived during an exchange call is acted on when the loop next plans to wait,
+# not only when a wait ends (see the Wait branch of `run`).
+RESYNC_LEVEL_PATCH = "resync-level-triggered"
 
 
 def _rejection(error: ActivityError) -> str | None:
@@ -236,6 +239,16 @@ class OrderIntentWorkflow:
             if isinstance(action, reconcile.Wait):
                 if not self.watched and self.state.live_placement is not None:
                     self.watched = await self._watch()
+                # Level-triggered: what the loop does next follows from the state alone, not from
+                # whether a change and an activity's result came in one activation or in two.
+                # The core may split a cold start's task differently from a replay (an update
+                # handled on a cold start, temporalio/sdk-python#1591; docs/reliability.md,
+                # finding 2); acting on a pending resync only when a wait ends made the
+                # commands depend on that split.
+                if self.resync_requested and workflow.patched(RESYNC_LEVEL_PATCH):
+                    self.resync_requested = False
+                    await self._look_at_live_order()
+                    continue
                 # Watched by the account sync: it tells us when our order changes, so no
                 # per-intent polling (exchange load stays flat in the number of resting
                 # intents). Otherwise poll with backoff.
@@ -255,7 +268,8 @@ class OrderIntentWorkflow:
                     poll = min(poll * 2, start.poll_ceiling)
                     await self._look_at_live_order()
                     continue
-                if self.resync_requested:
+                if self.resync_requested and not workflow.patched(RESYNC_LEVEL_PATCH):
+                    # Runs recorded before the patch: the resync is acted on here.
                     self.resync_requested = False
                     await self._look_at_live_order()
                 continue
