@@ -205,7 +205,8 @@ async def test_the_kernel_worker_guards_every_worker_that_runs_workflows(
             if worker.config().get("workflows")
         }
         assert len(runners) == 2  # main and syncs
-        assert sorted(map(id, runners.values())) == sorted(map(id, kernel.guards))
+        # A guard of its own for each: it evicts from its worker's cache.
+        assert len({id(r) for r in runners.values()}) == 2
         assert all(isinstance(r, QueryGuardRunner) and r.bound for r in runners.values())
     finally:
         await pool.close()

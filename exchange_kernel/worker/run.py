@@ -50,21 +50,12 @@ class KernelWorker:
     per second, however many workers poll the queue (docs/operations.md, scale-out). `syncs`
     runs the account syncs on `sync_task_queue(task_queue)`, with workflow task slots of their
     own (`main` still runs syncs started on the kernel's queue, until they continue as new).
-    `guards` are the workflow runners of `main` and `syncs` (worker/query_guard.py).
     """
 
-    def __init__(
-        self,
-        main: Worker,
-        accounts: dict[str, Worker],
-        syncs: Worker,
-        *,
-        guards: tuple[QueryGuardRunner, ...] = (),
-    ) -> None:
+    def __init__(self, main: Worker, accounts: dict[str, Worker], syncs: Worker) -> None:
         self.main = main
         self.accounts = accounts
         self.syncs = syncs
-        self.guards = guards
         self.workers = [main, *accounts.values(), syncs]
 
     @property
@@ -150,7 +141,7 @@ def build_worker(
         workflow_runner=syncs_guard,
     )
     syncs_guard.bind(syncs)
-    return KernelWorker(main, accounts, syncs, guards=(main_guard, syncs_guard))
+    return KernelWorker(main, accounts, syncs)
 
 
 async def ensure_account_syncs(
