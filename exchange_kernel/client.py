@@ -59,6 +59,7 @@ from exchange_kernel.models import (
     workflow_id_for,
 )
 from exchange_kernel.reconcile import increases_risk
+from exchange_kernel.repair import last_task_failure
 from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
 
@@ -77,9 +78,14 @@ class IntentRejected(ValueError):
     """The intent refused a modification or cancellation; the message says why."""
 
 
-class IntentStuck(IntentRejected):
+class IntentUnavailable(IntentRejected):
+    """The intent cannot answer now: its last workflow task timed out (its worker stopped, or
+    is overloaded) and runs again when a worker picks it up. Try again shortly."""
+
+
+class IntentStuck(IntentUnavailable):
     """The intent's workflow task keeps failing (a nondeterminism error, say): it answers
-    nothing until `exchange-kernel repair` (docs/operations.md)."""
+    nothing until `exchange-kernel repair` (docs/operations.md) or a fixed worker."""
 
 
 class IntentListing(Value):
@@ -191,7 +197,7 @@ class IntentClient:
         try:
             return await handle.query("state", result_type=GroupState)
         except RPCError as exc:
-            raise self._not_found(group_id, exc) from None
+            raise await self._not_found(group_id, exc, handle.id) from None
 
     async def cancel_group(self, group_id: str, reason: str = "cancelled by user") -> None:
         """Cancel every live member of the group (fills are kept)."""
@@ -199,7 +205,7 @@ class IntentClient:
         try:
             await handle.signal("cancel", reason)
         except RPCError as exc:
-            raise self._not_found(group_id, exc) from None
+            raise await self._not_found(group_id, exc, handle.id) from None
 
     async def group_result(self, group_id: str) -> GroupState:
         handle = self.temporal.get_workflow_handle(
@@ -442,7 +448,7 @@ class IntentClient:
         try:
             return await handle.query("state", result_type=IntentState)
         except RPCError as exc:
-            raise self._not_found(intent_id, exc) from None
+            raise await self._not_found(intent_id, exc, handle.id) from None
         except WorkflowQueryFailedError as exc:
             raise IntentNotFound(f"intent {intent_id!r} cannot be read: {exc}") from None
 
@@ -518,7 +524,7 @@ class IntentClient:
                 raise IntentRejected(
                     f"intent {intent_id} is already {finished.status.value}"
                 ) from None
-            raise self._not_found(intent_id, exc) from None
+            raise await self._not_found(intent_id, exc, handle.id) from None
 
     async def _signal(self, intent_id: str, name: str, arg: object) -> None:
         handle = self._handle(intent_id)
@@ -533,22 +539,42 @@ class IntentClient:
                 raise IntentRejected(
                     f"intent {intent_id} is already {finished.status.value}"
                 ) from None
-            raise self._not_found(intent_id, exc) from None
+            raise await self._not_found(intent_id, exc, handle.id) from None
 
-    @staticmethod
-    def _not_found(intent_id: str, exc: RPCError) -> Exception:
+    async def _not_found(self, intent_id: str, exc: RPCError, workflow_id: str) -> Exception:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return IntentNotFound(f"no intent {intent_id!r}")
         if exc.status == RPCStatusCode.FAILED_PRECONDITION:
-            # The server answers a query to a run whose workflow task keeps failing with the
+            # The server answers a query to a run whose workflow task is being retried with the
             # same status as a change to a finished run; only the message tells them apart.
             if "failed state" in exc.message:
-                return IntentStuck(
-                    f"intent {intent_id!r} is stuck: its workflow task keeps failing "
-                    f"({exc.message}); `exchange-kernel repair {intent_id}` shows why"
-                )
+                return await self._unavailable(intent_id, exc.message, workflow_id)
             return IntentRejected(f"intent {intent_id!r} has finished: {exc.message}")
         return exc
+
+    async def _unavailable(self, intent_id: str, refusal: str, workflow_id: str) -> Exception:
+        """Why the server refuses the run (its workflow task is on its third try or later),
+        from its history: the task failed, and fails again on every try until repaired, or it
+        timed out (a worker died) and its retries have not completed yet. Retries that fail
+        after a timeout are not recorded: the worker's log tells those apart."""
+        handle = self.temporal.get_workflow_handle(workflow_id)
+        try:
+            failure = last_task_failure((await handle.fetch_history()).events)
+            attempt = (await handle.describe()).raw_description.pending_workflow_task.attempt
+        except RPCError:
+            failure, attempt = None, 0
+        if failure is not None:
+            reason = _first_line(failure.workflow_task_failed_event_attributes.failure.message)
+            return IntentStuck(
+                f"intent {intent_id!r} is stuck: its workflow task keeps failing ({reason}); "
+                f"`exchange-kernel repair {intent_id}` shows why"
+            )
+        tries = f" (try {attempt})" if attempt else ""
+        return IntentUnavailable(
+            f"intent {intent_id!r} cannot answer yet: its workflow task timed out and has not "
+            f"completed since{tries}; a worker stopped or is overloaded, or the retries fail "
+            f"(the worker's log says which). Try again shortly. Server: {refusal}"
+        )
 
 
 def _validated(intent: OrderIntent | Mapping[str, Any]) -> OrderIntent:
@@ -558,6 +584,11 @@ def _validated(intent: OrderIntent | Mapping[str, Any]) -> OrderIntent:
     if isinstance(intent, Mapping):
         return OrderIntent.model_validate(intent)
     raise TypeError(f"submit() takes an OrderIntent (or its fields), not {type(intent).__name__}")
+
+
+def _first_line(message: str, limit: int = 300) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else message
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _failure_message(cause: BaseException | None) -> str:

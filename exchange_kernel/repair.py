@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from temporalio.client import Client, WorkflowHistory
 _EVENT_ID = re.compile(r"HistoryEvent\(id: (\d+)")
 _NONDETERMINISM = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR
 _TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+_TASK_TIMED_OUT = EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
 INTENT_WORKFLOW = "OrderIntent"
 # The activities that send an order, and where their input names its client order id.
 _ORDER_SENDING = {"place_order": ("client_order_id",), "amend_order": ("order", "client_order_id")}
@@ -115,16 +117,24 @@ async def reset(client: Client, point: ResetPoint, reason: str) -> str:
     return response.run_id
 
 
-def _last_task_failure(events: list[HistoryEvent]) -> HistoryEvent | None:
-    """The last workflow task's failure, if the last workflow task outcome is one on
-    nondeterminism (a task completed after it means the run recovered by itself)."""
-    for event in reversed(events):
-        if event.event_type == _TASK_COMPLETED:
+def last_task_failure(events: Iterable[HistoryEvent]) -> HistoryEvent | None:
+    """The WorkflowTaskFailed event of the run's last workflow task, if that task failed (None
+    if it completed, or timed out: its worker died, and the next try may well complete)."""
+    for event in reversed(list(events)):
+        if event.event_type in (_TASK_COMPLETED, _TASK_TIMED_OUT):
             return None
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-            cause = event.workflow_task_failed_event_attributes.cause
-            return event if cause == _NONDETERMINISM else None
+            return event
     return None
+
+
+def _last_task_failure(events: list[HistoryEvent]) -> HistoryEvent | None:
+    """The last workflow task's failure, if it failed on nondeterminism (a task completed
+    after it means the run recovered by itself)."""
+    failure = last_task_failure(events)
+    if failure is None or failure.workflow_task_failed_event_attributes.cause != _NONDETERMINISM:
+        return None
+    return failure
 
 
 def _completing_task(events: list[HistoryEvent], diverged_at: int | None) -> int:

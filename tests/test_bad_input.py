@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -32,13 +33,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import PollWorkflowTaskQueueRequest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
 from exchange_kernel.accounts import AccountConfig, ExchangePool
 from exchange_kernel.cli import app
-from exchange_kernel.client import IntentClient, IntentRejected, IntentStuck
+from exchange_kernel.client import IntentClient, IntentRejected, IntentStuck, IntentUnavailable
 from exchange_kernel.connection import TASK_QUEUE
 from exchange_kernel.models import (
     IntentChange,
@@ -1030,5 +1033,54 @@ async def test_an_intent_whose_workflow_task_keeps_failing_is_reported_stuck(ben
         # Not "has finished": the server answers with the status it gives a finished run.
         with pytest.raises(IntentStuck, match=f"repair {intent_id}"):
             await asyncio.wait_for(bench.intents.cancel(intent_id), 30)
+    finally:
+        await handle.terminate("test done")
+
+
+async def test_an_intent_whose_workflow_task_timed_out_is_unavailable_not_stuck(
+    bench: Bench,
+) -> None:
+    # As when a worker is killed in the middle of a workflow task, twice: the task is taken and
+    # never answered, times out, and so does its retry. From its third try on, the server
+    # refuses queries with the answer it gives a task that keeps failing.
+    intent_id = f"timed-out-{uuid.uuid4().hex[:8]}"
+    queue = f"no-worker-{uuid.uuid4().hex[:8]}"
+    handle = await bench.temporal.start_workflow(
+        "OrderIntent",
+        {"not": "read by anyone"},
+        id=workflow_id_for(intent_id),
+        task_queue=queue,
+        task_timeout=timedelta(seconds=1),
+    )
+
+    async def take_the_task() -> None:
+        taken = await bench.temporal.workflow_service.poll_workflow_task_queue(
+            PollWorkflowTaskQueueRequest(
+                namespace=bench.temporal.namespace,
+                task_queue=TaskQueue(name=queue),
+                identity="a worker about to die",
+            )
+        )
+        assert taken.task_token
+
+    try:
+        await take_the_task()
+        await take_the_task()  # its retry, once the first try timed out
+
+        async def third_try() -> bool:
+            description = await handle.describe()
+            return description.raw_description.pending_workflow_task.attempt >= 3
+
+        async with asyncio.timeout(30):
+            while True:
+                if await third_try():
+                    break
+                await asyncio.sleep(0.2)
+        with pytest.raises(IntentUnavailable, match="timed out") as raised:
+            await asyncio.wait_for(bench.intents.state(intent_id), 10)
+        # Not "stuck": nothing is wrong with the run that a worker taking the task won't fix.
+        assert not isinstance(raised.value, IntentStuck)
+        assert "try 3" in str(raised.value)
+        assert "repair" not in str(raised.value)
     finally:
         await handle.terminate("test done")
