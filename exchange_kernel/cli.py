@@ -29,7 +29,7 @@ from exchange_kernel.client import (
     IntentNotFound,
     IntentRejected,
 )
-from exchange_kernel.connection import TASK_QUEUE, TemporalUnreachable
+from exchange_kernel.connection import MAX_CACHED_WORKFLOWS, TASK_QUEUE, TemporalUnreachable
 from exchange_kernel.models import (
     ID_RE,
     ExternalCancelPolicy,
@@ -206,6 +206,14 @@ def worker(
             "evictions (docs/operations.md)",
         ),
     ] = LogLevel.warning,
+    max_cached_workflows: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="workflow runs kept in memory per workflow worker; a run that is not must "
+            "replay its history at its next workflow task (less memory, more CPU)",
+        ),
+    ] = MAX_CACHED_WORKFLOWS,
 ) -> None:
     """Run a worker: the intent workflows and the exchange activities for the given accounts.
 
@@ -250,7 +258,14 @@ def worker(
             )
         if telemetry.url:
             console.print(f"metrics on {telemetry.url}")
-        await run_worker(client, configured, task_queue, stop, metrics=telemetry.metrics)
+        await run_worker(
+            client,
+            configured,
+            task_queue,
+            stop,
+            metrics=telemetry.metrics,
+            max_cached_workflows=max_cached_workflows,
+        )
 
     run(main())
 

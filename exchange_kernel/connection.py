@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 DEFAULT_ADDRESS = "localhost:7233"
 TASK_QUEUE = "exchange-kernel"
+# Runs each workflow worker keeps in memory (the SDK's default).
+MAX_CACHED_WORKFLOWS = 1000
 CONNECT_TIMEOUT = timedelta(seconds=5)
 
 

@@ -108,6 +108,16 @@ def test_worker_with_missing_credentials_names_the_variable(tmp_path: Path) -> N
     assert "EK_TEST_UNSET_KEY" in result.output
 
 
+def test_worker_refuses_a_cache_of_no_runs(tmp_path: Path) -> None:
+    accounts = tmp_path / "accounts.toml"
+    accounts.write_text('[accounts.main]\nexchange = "binance"\n')
+    result = runner.invoke(
+        app, ["worker", "--accounts", str(accounts), "--max-cached-workflows", "0"]
+    )
+    assert result.exit_code == 2
+    assert "--max-cached-workflows" in result.output
+
+
 # --- --profile: a profile of temporal.toml (temporalio.envconfig) ------------------------------
 
 

@@ -20,7 +20,12 @@ from exchange_kernel.accounts import (
     ensure_capabilities,
 )
 from exchange_kernel.activities.exchange import ExchangeActivities
-from exchange_kernel.connection import TASK_QUEUE, account_task_queue, sync_task_queue
+from exchange_kernel.connection import (
+    MAX_CACHED_WORKFLOWS,
+    TASK_QUEUE,
+    account_task_queue,
+    sync_task_queue,
+)
 from exchange_kernel.models import account_sync_id
 from exchange_kernel.worker.metrics import IntentGauges
 from exchange_kernel.worker.query_guard import QueryGuardRunner
@@ -107,10 +112,18 @@ def build_worker(
     task_queue: str = TASK_QUEUE,
     *,
     max_concurrent_activities: int = 200,
+    max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
 ) -> KernelWorker:
     """The workflows on `task_queue`, and each account's exchange activities on its own queue
     with its rate limit (`accounts.activities_per_second`). Call it on the event loop that will
-    run the workers (their query guards request evictions there)."""
+    run the workers (their query guards request evictions there).
+
+    `max_cached_workflows`: runs each workflow worker keeps in memory; a run that is not
+    replays its history from the start at its next workflow task. At least 1: with none, the
+    SDK drops a market-rules local activity still running when its task ends (the run then
+    times out, task after task)."""
+    if max_cached_workflows < 1:
+        raise ValueError("max_cached_workflows must be at least 1")
     activities = ExchangeActivities(pool).all()
     # Each worker running workflows evicts a run after a legacy query that loaded it advanced
     # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
@@ -122,6 +135,7 @@ def build_worker(
         activities=activities,
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=main_guard,
+        max_cached_workflows=max_cached_workflows,
     )
     main_guard.bind(main)
     accounts = {
@@ -139,6 +153,7 @@ def build_worker(
         task_queue=sync_task_queue(task_queue),
         workflows=[AccountSyncWorkflow],
         workflow_runner=syncs_guard,
+        max_cached_workflows=max_cached_workflows,
     )
     syncs_guard.bind(syncs)
     return KernelWorker(main, accounts, syncs)
@@ -168,14 +183,16 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     *,
     metrics: bool = False,
+    max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
 ) -> None:
     """Run until `stop` is set (or forever); close the exchange clients on the way out.
 
     `metrics`: also publish the intent gauges counted in visibility (connect the client with
-    `worker.metrics.metrics_runtime(port)`, whose endpoint serves them)."""
+    `worker.metrics.metrics_runtime(port)`, whose endpoint serves them).
+    `max_cached_workflows`: see `build_worker`."""
     ensure_capabilities(accounts)  # refuses accounts the kernel cannot trade, before polling
     pool = ExchangePool(accounts)
-    worker = build_worker(client, pool, task_queue)
+    worker = build_worker(client, pool, task_queue, max_cached_workflows=max_cached_workflows)
     log.info("worker on task queue %s, accounts: %s", task_queue, ", ".join(sorted(accounts)))
     for name, account_worker in worker.accounts.items():
         rate = account_worker.config().get("max_task_queue_activities_per_second")

@@ -44,7 +44,11 @@ from typing import IO, Any, TypeVar
 
 import aiohttp
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedError
+from temporalio.client import (
+    RPCTimeoutOrCancelledError,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from exchange_kernel.client import IntentClient, IntentNotFound, IntentRejected
@@ -52,6 +56,7 @@ from exchange_kernel.client_ids import Owners, belongs_to
 from exchange_kernel.connection import TemporalUnreachable, connect
 from exchange_kernel.devserver import INTENT_STATUS, DevServer, DevServerError, free_port
 from exchange_kernel.models import (
+    IntentChange,
     IntentState,
     IntentStatus,
     OrderIntent,
@@ -59,10 +64,26 @@ from exchange_kernel.models import (
     OrderType,
     ReconciliationStatus,
     TimeInForce,
+    workflow_id_for,
 )
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, running_sim
 
 T = TypeVar("T")
+
+
+async def direct_modify(
+    client: IntentClient, intent_id: str, price: Decimal | None, amount: Decimal | None
+) -> IntentState:
+    """The `modify` update sent as any Temporal client would: without `IntentClient.modify`'s
+    state read (and its halt check) before it."""
+    handle = client.temporal.get_workflow_handle(workflow_id_for(intent_id))
+    try:
+        return await handle.execute_update(
+            "modify", IntentChange(price=price, amount=amount), result_type=IntentState
+        )
+    except WorkflowUpdateFailedError as exc:
+        raise IntentRejected(str(exc.cause or exc)) from None
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,6 +142,9 @@ class ChaosConfig:
     # True: account `paper` opts in to ccxt's native edit (Binance cancelReplace), whose known
     # race can overfill (docs/reliability.md); default: both accounts cancel, confirm, place.
     native_amend: bool = False
+    # The worker's --max-cached-workflows. 1: nearly every workflow task is a cold start (a
+    # full replay, then the new events), the path of temporalio/sdk-python#1591.
+    worker_cache: int | None = None
     settle_timeout: float = 150.0
     # After the chaos, before any resync: time to get in sync alone (the account sync's lost
     # activity needs its 60 s start-to-close timeout after a worker kill).
@@ -177,7 +201,8 @@ class Report:
             (
                 "  updates",
                 f"answered: {c['mod_update_accepted']} accepted, {c['mod_update_rejected']} "
-                f"rejected; {c['mod_update_failed']} calls failed or timed out",
+                f"rejected; {c['mod_update_failed']} calls failed or timed out; "
+                f"{c['mod_update_direct']} sent straight to the workflow (no state read first)",
             ),
             (
                 "  signals",
@@ -663,6 +688,8 @@ class Chaos:
                     "--log-level",
                     "info",
                 ]
+                if self.cfg.worker_cache is not None:
+                    argv += ["--max-cached-workflows", str(self.cfg.worker_cache)]
                 code = self._snapshot_code()
                 self.worker = WorkerProcess(
                     argv, env, self.workdir / "worker.log", self.report, cwd=code
@@ -979,8 +1006,15 @@ class Chaos:
             self.c[f"mod_{via}"] += 1
             try:
                 if via == "update":
+                    # `IntentClient.modify` reads the state first (a query, which loads the run
+                    # into a worker's cache); half the updates go straight to the workflow, as
+                    # from any Temporal client, so some meet a run that is not cached.
+                    direct = self.ops_rng.random() < 0.5
+                    self.c["mod_update_direct"] += direct
                     await self.intents.once(
-                        lambda c: c.modify(tracked.id, price=price, amount=amount),
+                        (lambda c: direct_modify(c, tracked.id, price, amount))
+                        if direct
+                        else (lambda c: c.modify(tracked.id, price=price, amount=amount)),
                         self.cfg.op_timeout,
                     )
                     mod.outcome = "accepted"
@@ -1767,6 +1801,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="account `paper` opts in to native amend (cancelReplace); shows its known race",
     )
+    parser.add_argument(
+        "--worker-cache",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the worker's --max-cached-workflows (1: nearly every workflow task is a cold start)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs and the DB here")
     parser.add_argument("--keep", action="store_true", help="keep the temp workdir")
     args = parser.parse_args(argv)
@@ -1784,6 +1825,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         keep_workdir=args.keep,
         native_amend=args.native_amend,
+        worker_cache=args.worker_cache,
     )
     quiet_temporal_client()
     report = asyncio.run(run_chaos(config))
