@@ -554,9 +554,9 @@ class IntentClient:
 
     async def _unavailable(self, intent_id: str, refusal: str, workflow_id: str) -> Exception:
         """Why the server refuses the run (its workflow task is on its third try or later),
-        from its history: the task failed, and fails again on every try until repaired, or it
-        timed out (a worker died) and its retries have not completed yet. Retries that fail
-        after a timeout are not recorded: the worker's log tells those apart."""
+        from its history: a try failed since the last completed task (it fails again on every
+        try until repaired), or the tries timed out (a worker died) and none has completed yet.
+        The history does not record every try's outcome: the worker's log has them all."""
         handle = self.temporal.get_workflow_handle(workflow_id)
         try:
             failure = last_task_failure((await handle.fetch_history()).events)
@@ -572,7 +572,7 @@ class IntentClient:
         tries = f" (try {attempt})" if attempt else ""
         return IntentUnavailable(
             f"intent {intent_id!r} cannot answer yet: its workflow task timed out and has not "
-            f"completed since{tries}; a worker stopped or is overloaded, or the retries fail "
+            f"completed since{tries}; a worker stopped or is overloaded, or its tries fail "
             f"(the worker's log says which). Try again shortly. Server: {refusal}"
         )
 

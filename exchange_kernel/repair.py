@@ -36,7 +36,6 @@ from temporalio.client import Client, WorkflowHistory
 _EVENT_ID = re.compile(r"HistoryEvent\(id: (\d+)")
 _NONDETERMINISM = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR
 _TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
-_TASK_TIMED_OUT = EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
 INTENT_WORKFLOW = "OrderIntent"
 # The activities that send an order, and where their input names its client order id.
 _ORDER_SENDING = {"place_order": ("client_order_id",), "amend_order": ("order", "client_order_id")}
@@ -118,10 +117,11 @@ async def reset(client: Client, point: ResetPoint, reason: str) -> str:
 
 
 def last_task_failure(events: Iterable[HistoryEvent]) -> HistoryEvent | None:
-    """The WorkflowTaskFailed event of the run's last workflow task, if that task failed (None
-    if it completed, or timed out: its worker died, and the next try may well complete)."""
+    """The last WorkflowTaskFailed event since the run's last completed workflow task (None if
+    no try failed since: they completed, or timed out as when a worker dies). Timeouts after a
+    failure are passed over: a worker killed while retrying a failing task does not unstick it."""
     for event in reversed(list(events)):
-        if event.event_type in (_TASK_COMPLETED, _TASK_TIMED_OUT):
+        if event.event_type == _TASK_COMPLETED:
             return None
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
             return event

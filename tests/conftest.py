@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -148,6 +148,18 @@ async def _no_faults_left(request: pytest.FixtureRequest) -> AsyncIterator[None]
     if "paper" in request.fixturenames:
         paper: Paper = request.getfixturevalue("paper")
         await paper.faults()
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[bool]], within: float = 30) -> None:
+    """Poll `check` until it holds; an AssertionError naming `what` after `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {within:.0f} s") from None
 
 
 def dec(value: Any) -> Decimal:

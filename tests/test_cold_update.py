@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -42,7 +42,7 @@ from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.client import IntentClient
 from exchange_kernel.models import IntentChange, IntentState, workflow_id_for
 from exchange_kernel.worker.run import WORKFLOWS, build_worker
-from tests.conftest import Paper
+from tests.conftest import Paper, eventually
 from tests.test_intents import new_intent, record_history, resting
 
 TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
@@ -133,17 +133,6 @@ class CountingRunner(WorkflowRunner):
         self, types: Sequence[type[BaseException]]
     ) -> None:
         self.inner.set_worker_level_failure_exception_types(types)
-
-
-async def eventually(what: str, check: Callable[[], Awaitable[bool]], within: float = 30) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {within:.0f} s") from None
 
 
 def is_idle(history: WorkflowHistory) -> bool:

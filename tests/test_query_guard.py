@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from temporalio.worker import (
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.worker import build_worker
 from exchange_kernel.worker.query_guard import QueryGuardRunner, _GuardedInstance
+from tests.conftest import eventually
 from tests.query_guard_probe import QueryGuardProbe, probe_step
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,17 +66,6 @@ class ProbeWorker:
         self.process.wait()
 
 
-async def wait_for(what: str, check: Callable[[], Awaitable[bool]], within: float = 60.0) -> None:
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        raise AssertionError(f"{what}: not within {within:.0f} s") from None
-
-
 async def polling(client: Client, task_queue: str, worker: ProbeWorker) -> bool:
     assert worker.process.poll() is None, worker.log.read_text(errors="replace")[-2000:]
     response = await client.workflow_service.describe_task_queue(
@@ -101,7 +90,7 @@ async def cold_query_then_signal(client: Client, mode: str, logs: Path) -> Workf
 
     first = ProbeWorker(target, task_queue, mode, log)
     try:
-        await wait_for("first worker", lambda: polling(client, task_queue, first))
+        await eventually("first worker", lambda: polling(client, task_queue, first), 60)
         handle = await client.start_workflow(
             QueryGuardProbe.run,
             steps_queue,
@@ -113,7 +102,7 @@ async def cold_query_then_signal(client: Client, mode: str, logs: Path) -> Workf
         async def scheduled() -> bool:
             return EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED in await event_types(handle)
 
-        await wait_for("activity scheduled", scheduled)
+        await eventually("activity scheduled", scheduled, 60)
     finally:
         first.kill()
 
@@ -126,7 +115,7 @@ async def cold_query_then_signal(client: Client, mode: str, logs: Path) -> Workf
         async def completed() -> bool:
             return EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED in await event_types(handle)
 
-        await wait_for("activity completed", completed)
+        await eventually("activity completed", completed, 60)
         second = ProbeWorker(target, task_queue, mode, log)
         try:
             async with asyncio.timeout(60):
@@ -140,7 +129,7 @@ async def cold_query_then_signal(client: Client, mode: str, logs: Path) -> Workf
                 signalled = types.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
                 return EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in types[signalled:]
 
-            await wait_for("workflow task after the signal", handled)
+            await eventually("workflow task after the signal", handled, 60)
         finally:
             second.kill()
     history = await handle.fetch_history()

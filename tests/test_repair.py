@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Worker
 from typer.testing import CliRunner, Result
@@ -27,13 +28,22 @@ from exchange_kernel.models import (
     OrderRequest,
     intent_digest,
 )
-from exchange_kernel.repair import NothingToRepair, find_reset_point, reset, stuck_run
+from exchange_kernel.repair import (
+    NothingToRepair,
+    find_reset_point,
+    last_task_failure,
+    reset,
+    stuck_run,
+)
 from exchange_kernel.worker import build_worker
 from tests.conftest import Paper, paper_accounts
 from tests.test_intents import new_intent, resting
 
 HERE = Path(__file__).parent
 FINDING = HERE / "chaos" / "findings" / "nondeterminism-chaos-1-0256.json"
+TASK_TIMED_OUT = EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+TASK_SCHEDULED = EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
 
 
 def test_reset_point_is_the_task_that_issued_the_diverging_event() -> None:
@@ -53,6 +63,24 @@ def test_reset_point_of_the_later_finding_redoes_its_placement_with_a_lookup() -
     assert (point.diverged_at, point.workflow_task_completed_id) == (35, 33)
     assert point.workflow_type == "OrderIntent"
     assert point.discarded_orders == (client_ids.id_for("chaos-1-0214", 1),)
+
+
+def test_a_stuck_run_whose_retry_timed_out_is_still_stuck() -> None:
+    """A worker killed while it retried the failing task adds a timeout after the failure: the
+    run is as stuck as before, and repair finds the same point."""
+    history = WorkflowHistory.from_json("intent-chaos-1-0256", FINDING.read_text())
+    events = list(history.events)
+    last = events[-1].event_id
+    events.append(HistoryEvent(event_id=last + 1, event_type=TASK_TIMED_OUT))
+    events.append(HistoryEvent(event_id=last + 2, event_type=TASK_SCHEDULED))
+    failure = last_task_failure(events)
+    assert failure is not None and "Nondeterminism" in str(failure)
+    timed_out = WorkflowHistory(history.workflow_id, events)
+    point = find_reset_point(timed_out, "run")
+    assert (point.diverged_at, point.workflow_task_completed_id) == (72, 70)
+    # A task completed after the failure: the run recovered, nothing failed since.
+    events.append(HistoryEvent(event_id=last + 3, event_type=TASK_COMPLETED))
+    assert last_task_failure(events) is None
 
 
 @pytest.mark.parametrize("path", sorted((HERE / "histories").glob("*.json"))[:2])
