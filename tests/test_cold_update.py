@@ -11,6 +11,7 @@ First the defect, on a probe workflow whose loop acts on a pending flag only whe
 shows the defect, see CONTRIBUTING.md, "Upgrading temporalio"), not after a warm one, and the
 same loop made level-triggered replays either way. Then the intent workflow in the scenario of
 chaos-7-0022: a resync that lands during a look at the exchange, the run evicted, an update.
+Last, the worker's cache size (`worker --max-cached-workflows`) reaching both workflow workers.
 """
 
 from __future__ import annotations
