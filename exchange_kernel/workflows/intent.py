@@ -244,7 +244,7 @@ class OrderIntentWorkflow:
                 # The core may split a cold start's task differently from a replay (an update
                 # handled on a cold start, temporalio/sdk-python#1591; docs/reliability.md,
                 # finding 2); acting on a pending resync only when a wait ends made the
-                # commands depend on that split.
+                # commands depend on that split (tests/test_cold_update.py).
                 if self.resync_requested and workflow.patched(RESYNC_LEVEL_PATCH):
                     self.resync_requested = False
                     await self._look_at_live_order()
