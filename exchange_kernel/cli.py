@@ -211,7 +211,8 @@ def worker(
         typer.Option(
             min=1,
             help="workflow runs kept in memory per workflow worker; a run that is not must "
-            "replay its history at its next workflow task (less memory, more CPU)",
+            "replay its history at its next workflow task (less memory, more CPU). Keep it "
+            "above the number of intents busy at once (docs/operations.md, memory)",
         ),
     ] = MAX_CACHED_WORKFLOWS,
 ) -> None:

@@ -27,15 +27,8 @@ def assert_clean(report: Report) -> None:
     assert sum(report.outcomes.values()) == report.config.intents, table
 
 
-@pytest.mark.parametrize(
-    "worker_cache",
-    [None, 1],
-    ids=["warm: the SDK's cache size", "cold: a cache of 1 run"],
-)
-async def test_chaos_bounded(tmp_path: Path, worker_cache: int | None) -> None:
-    """40 intents, 50 s of chaos, then settle and check: about 100 s in all. Once with the
-    worker's usual cache, once with room for 1 run, so that nearly every workflow task is a
-    cold start (the path of temporalio/sdk-python#1591, docs/reliability.md, finding 2)."""
+async def test_chaos_bounded(tmp_path: Path) -> None:
+    """40 intents, 50 s of chaos, then settle and check: about 100 s in all."""
     report = await run_chaos(
         ChaosConfig(
             intents=40,
@@ -48,7 +41,6 @@ async def test_chaos_bounded(tmp_path: Path, worker_cache: int | None) -> None:
             quiet_timeout=40,
             settle_timeout=60,
             workdir=tmp_path,
-            worker_cache=worker_cache,
         )
     )
     assert_clean(report)
