@@ -55,6 +55,7 @@ from exchange_kernel.models import (
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, SimServer, running_sim
 from exchange_kernel.sim.admin_client import AdminClient
 from exchange_kernel.worker import build_worker
+from tests.conftest import eventually
 
 T = TypeVar("T")
 KEY_ENV = "EK_BAD_INPUT_KEY"
@@ -1025,11 +1026,7 @@ async def test_an_intent_whose_workflow_task_keeps_failing_is_reported_stuck(ben
                 e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events
             )
 
-        async with asyncio.timeout(30):
-            while True:
-                if await failed():
-                    break
-                await asyncio.sleep(0.2)
+        await eventually("the first workflow task failing", failed)
         # Not "has finished": the server answers with the status it gives a finished run.
         with pytest.raises(IntentStuck, match=f"repair {intent_id}"):
             await asyncio.wait_for(bench.intents.cancel(intent_id), 30)
@@ -1071,11 +1068,7 @@ async def test_an_intent_whose_workflow_task_timed_out_is_unavailable_not_stuck(
             description = await handle.describe()
             return description.raw_description.pending_workflow_task.attempt >= 3
 
-        async with asyncio.timeout(30):
-            while True:
-                if await third_try():
-                    break
-                await asyncio.sleep(0.2)
+        await eventually("the workflow task's third try", third_try)
         with pytest.raises(IntentUnavailable, match="timed out") as raised:
             await asyncio.wait_for(bench.intents.state(intent_id), 10)
         # Not "stuck": nothing is wrong with the run that a worker taking the task won't fix.

@@ -26,7 +26,7 @@ from exchange_kernel.models import (
 )
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, binance_client
 from exchange_kernel.worker import build_worker
-from tests.conftest import TASK_QUEUE, Paper, paper_accounts
+from tests.conftest import TASK_QUEUE, Paper, eventually, paper_accounts
 
 HISTORIES = Path(__file__).parent / "histories"
 RECORD = os.environ.get("EK_RECORD_HISTORIES") == "1"
@@ -131,11 +131,11 @@ async def test_a_resync_during_a_look_is_acted_on_right_after_it(
         await intents.resync(intent.intent_id)
         await asyncio.sleep(0.7)  # the first look is under way (2 s)
         await intents.resync(intent.intent_id)
-        async with asyncio.timeout(30):
-            while True:
-                if await fetch_orders_done(intents.temporal, intent) >= before + 2:
-                    break
-                await asyncio.sleep(0.25)
+
+        async def two_looks() -> bool:
+            return await fetch_orders_done(intents.temporal, intent) >= before + 2
+
+        await eventually("both looks", two_looks)
     finally:
         await paper.faults()
     await intents.cancel(intent.intent_id)

@@ -44,11 +44,7 @@ from typing import IO, Any, TypeVar
 
 import aiohttp
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import (
-    RPCTimeoutOrCancelledError,
-    WorkflowQueryFailedError,
-    WorkflowUpdateFailedError,
-)
+from temporalio.client import RPCTimeoutOrCancelledError, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from exchange_kernel.client import IntentClient, IntentNotFound, IntentRejected
@@ -64,7 +60,6 @@ from exchange_kernel.models import (
     OrderType,
     ReconciliationStatus,
     TimeInForce,
-    workflow_id_for,
 )
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, running_sim
 
@@ -76,13 +71,7 @@ async def direct_modify(
 ) -> IntentState:
     """The `modify` update sent as any Temporal client would: without `IntentClient.modify`'s
     state read (and its halt check) before it."""
-    handle = client.temporal.get_workflow_handle(workflow_id_for(intent_id))
-    try:
-        return await handle.execute_update(
-            "modify", IntentChange(price=price, amount=amount), result_type=IntentState
-        )
-    except WorkflowUpdateFailedError as exc:
-        raise IntentRejected(str(exc.cause or exc)) from None
+    return await client._update(intent_id, "modify", IntentChange(price=price, amount=amount))
 
 
 ROOT = Path(__file__).resolve().parents[2]
