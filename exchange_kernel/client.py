@@ -42,6 +42,7 @@ from exchange_kernel.models import (
     ExchangeOrder,
     GroupState,
     HaltRequest,
+    IntentBrief,
     IntentChange,
     IntentGroup,
     IntentStart,
@@ -53,12 +54,13 @@ from exchange_kernel.models import (
     OrderType,
     Orphan,
     Placement,
+    PlacementPhase,
     Value,
     account_sync_id,
     group_workflow_id,
     workflow_id_for,
 )
-from exchange_kernel.reconcile import increases_risk
+from exchange_kernel.reconcile import POLL_FIRST, increases_risk
 from exchange_kernel.repair import last_task_failure
 from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
@@ -143,7 +145,7 @@ class IntentClient:
         try:
             await self.temporal.start_workflow(
                 OrderIntentWorkflow.run,
-                IntentStart(intent=intent, local_rules_first=True),
+                IntentStart(intent=intent),
                 id=intent.workflow_id,
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -222,14 +224,18 @@ class IntentClient:
         price: Decimal | str | None = None,
         amount: Decimal | str | None = None,
         stop_price: Decimal | str | None = None,
-    ) -> IntentState:
-        """Change price, amount and/or stop price; returns the new state or raises
-        IntentRejected. A held stop's new stop price is simply what it watches from then on."""
+    ) -> IntentBrief:
+        """Change price, amount and/or stop price; returns the intent in brief or raises
+        IntentRejected. A held stop's new stop price is simply what it watches from then on.
+
+        A lower amount is answered once the live order is cancelled and its fills are final
+        (the remaining is then placed again): it is never accepted on a view that the exchange
+        has already overtaken."""
         change = IntentChange(price=price, amount=amount, stop_price=stop_price)
         await self._refuse_risk_if_halted(intent_id, change)
         return await self._update(intent_id, "modify", change)
 
-    async def cancel(self, intent_id: str, reason: str = "cancelled by user") -> IntentState:
+    async def cancel(self, intent_id: str, reason: str = "cancelled by user") -> IntentBrief:
         return await self._update(intent_id, "cancel", reason)
 
     async def signal_modify(
@@ -343,14 +349,21 @@ class IntentClient:
             price=order.price,
             stop_price=order.stop_price,
             amount=order.amount,
+            phase=PlacementPhase.OPEN,
             order=order,
         )
-        state = IntentState(intent=intent, desired=spec, placements=(placement,))
+        state = IntentState(
+            intent=intent,
+            desired=spec,
+            placements=(placement,),
+            next_placement=1,
+            poll_interval=POLL_FIRST,
+        )
         await self._refuse_if_halted(account, spec.symbol, "adoptions")
         try:
             await self.temporal.start_workflow(
                 OrderIntentWorkflow.run,
-                IntentStart(intent=intent, state=state, local_rules_first=True),
+                IntentStart(intent=intent, state=state),
                 id=intent.workflow_id,
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -511,10 +524,10 @@ class IntentClient:
             workflow_id_for(intent_id), result_type=IntentState
         )
 
-    async def _update(self, intent_id: str, name: str, arg: object) -> IntentState:
+    async def _update(self, intent_id: str, name: str, arg: object) -> IntentBrief:
         handle = self._handle(intent_id)
         try:
-            return await handle.execute_update(name, arg, result_type=IntentState)
+            return await handle.execute_update(name, arg, result_type=IntentBrief)
         except WorkflowUpdateFailedError as exc:
             raise IntentRejected(_failure_message(exc.cause)) from None
         except RPCError as exc:

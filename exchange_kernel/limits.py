@@ -21,17 +21,14 @@ from __future__ import annotations
 from decimal import Decimal
 
 from exchange_kernel.models import (
-    ExchangeOrderStatus,
     IntentChange,
     IntentState,
     OpenNotionalRequest,
     Placement,
+    PlacementPhase,
 )
-from exchange_kernel.reconcile import ABSENT
 
 OPEN_NOTIONAL_LIMIT = "max_open_notional_per_symbol"
-# workflow.patched id of the modify update's open-notional check (an activity: new commands).
-OPEN_NOTIONAL_PATCH = "pretrade-open-notional-on-modify"
 
 
 class PreTradeLimitExceeded(Exception):
@@ -73,19 +70,16 @@ def replaced_notional(state: IntentState, placement: Placement) -> Decimal:
     itself (filled, cancelled outside the kernel, never reached the exchange) replaces nothing:
     placing again adds risk that is no longer on the book.
     """
-    if placement.number == 0 or placement.number > len(state.placements):
-        return Decimal(0)
-    previous = state.placements[placement.number - 1]
-    order = previous.order
+    previous = next((p for p in state.placements if p.number == placement.number - 1), None)
+    # Only an order the intent is cancelling (or has cancelled) itself is replaced.
     if (
-        previous.price is None
-        or not previous.cancel_requested
-        or order is None
-        or order.type == ABSENT
-        or order.status not in (ExchangeOrderStatus.OPEN, ExchangeOrderStatus.CANCELED)
+        previous is None
+        or previous.price is None
+        or previous.order is None
+        or previous.phase not in (PlacementPhase.CANCELING, PlacementPhase.CANCELED)
     ):
         return Decimal(0)
-    return max(order.remaining, Decimal(0)) * previous.price
+    return max(previous.order.remaining, Decimal(0)) * previous.price
 
 
 def modify_check(state: IntentState, change: IntentChange) -> OpenNotionalRequest | None:

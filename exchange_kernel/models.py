@@ -139,6 +139,9 @@ class ReconciliationStatus(StrEnum):
     IN_SYNC = "in_sync"  # the exchange matches the intent (resting as desired, or finished)
     RECONCILING = "reconciling"  # an action towards the intent is under way
     UNKNOWN = "unknown"  # an action's outcome is unknown; a lookup must resolve it first
+    # Resting as desired as far as the kernel knows, but its view of the exchange is older
+    # than `reconcile.STALE_AFTER` (or the account sync has lost sight of the account).
+    STALE = "stale"
 
 
 class ExternalCancelPolicy(StrEnum):
@@ -450,11 +453,51 @@ class ActionRecord(Value):
     reason: str
 
 
+class PlacementPhase(StrEnum):
+    """Where one exchange order of an intent stands. Only `reconcile.advance` moves a placement
+    from one phase to another, by the transition table `reconcile.TRANSITIONS`; an ended
+    placement never becomes live again (a late observation cannot undo a fill)."""
+
+    PLACING = "placing"  # create sent, no answer yet: outcome unknown until a lookup
+    OPEN = "open"  # observed open on the exchange
+    CANCELING = "canceling"  # cancel sent; not yet observed ended
+    NOT_FOUND = "not_found"  # a lookup found no such order: it never reached the exchange
+    REFUSED = "refused"  # the exchange refused the request: nothing was created
+    FILLED = "filled"  # observed fully filled
+    CANCELED = "canceled"  # observed cancelled, at the kernel's request
+    CANCELED_ELSEWHERE = "canceled_elsewhere"  # observed cancelled, not at the kernel's request
+    EXPIRED = "expired"  # observed expired (IOC/FOK/market remainder, exchange expiry)
+    REJECTED = "rejected"  # observed rejected by the exchange
+
+    @property
+    def is_live(self) -> bool:
+        """Possibly working on the exchange."""
+        return self in LIVE_PHASES
+
+    @property
+    def is_final(self) -> bool:
+        """Ended for good: no observation can change it any more."""
+        return self not in LIVE_PHASES and self is not PlacementPhase.NOT_FOUND
+
+    @property
+    def is_observed(self) -> bool:
+        """The exchange has shown this order (the placement carries its last observation)."""
+        return self not in UNOBSERVED_PHASES
+
+
+LIVE_PHASES = frozenset({PlacementPhase.PLACING, PlacementPhase.OPEN, PlacementPhase.CANCELING})
+UNOBSERVED_PHASES = frozenset(
+    {PlacementPhase.PLACING, PlacementPhase.NOT_FOUND, PlacementPhase.REFUSED}
+)
+
+
 class Placement(Value):
     """One exchange order the intent placed (or tried to): its client order id and what we know.
 
-    `outcome_unknown` is NautilusTrader's third state: a request was sent, no answer came back,
-    and nothing may be assumed until a lookup resolves it.
+    `phase` PLACING is NautilusTrader's third state: a request was sent, no answer came back, and
+    nothing may be assumed until a lookup resolves it. `order` is the last observation (without
+    its trades: those are merged, deduplicated by trade id, into `fills`); `observed_at` is when
+    the exchange last told the kernel anything about this order.
     """
 
     number: int
@@ -463,41 +506,112 @@ class Placement(Value):
     price: Money | None = None
     stop_price: Money | None = None
     amount: Money
+    phase: PlacementPhase = PlacementPhase.PLACING
     order: ExchangeOrder | None = None
-    outcome_unknown: bool = False
-    cancel_requested: bool = False
-    rejected: str | None = None
+    fills: tuple[Fill, ...] = ()
+    observed_at: datetime | None = None
+    refusal: str | None = None  # the exchange's reason, in phase REFUSED
+
+    @model_validator(mode="after")
+    def _phase_matches(self) -> Self:
+        if self.phase.is_observed != (self.order is not None):
+            raise ValueError(
+                f"placement {self.number}: phase {self.phase.value} "
+                f"{'needs' if self.phase.is_observed else 'cannot have'} an observed order"
+            )
+        if (self.phase is PlacementPhase.REFUSED) != (self.refusal is not None):
+            raise ValueError(f"placement {self.number}: a refusal reason goes with phase refused")
+        return self
 
     @property
     def live(self) -> bool:
-        """Possibly working on the exchange: known open, or not yet known either way."""
-        if self.rejected is not None:
-            return False
-        if self.order is None:
-            return True
-        return self.order.status.is_live
+        return self.phase.is_live
 
     @property
     def filled(self) -> Decimal:
         return self.order.filled if self.order else Decimal(0)
 
+    @property
+    def cost(self) -> Decimal:
+        """Filled x average price (the placement's price when the exchange gave no average)."""
+        if self.order is None or not self.order.filled:
+            return Decimal(0)
+        return self.order.filled * (self.order.average_price or self.price or Decimal(0))
+
+
+class Settled(Value):
+    """Totals of the intent's placements that ended long enough ago to be compacted: their
+    observations and trades are no longer kept one by one (bounded state, `reconcile.compact`)."""
+
+    placements: int = 0
+    filled: Money = Decimal(0)
+    cost: Money = Decimal(0)
+    fees: dict[str, Money] = Field(default_factory=dict)
+    exchange_order_ids: tuple[str, ...] = ()  # the most recent few, for visibility
+
+
+class PendingChange(Value):
+    """A change that lowers the amount, waiting to be judged on final fills (`reconcile`)."""
+
+    number: int
+    change: IntentChange
+    at: datetime
+    answered: bool = False  # an update waits for the judgment (a signal does not)
+
+
+class Judgment(Value):
+    """How a pending change was judged: applied (rejection None) or refused, with why."""
+
+    number: int
+    rejection: str | None = None
+    revision: int
+
 
 class IntentState(Value):
-    """Everything known about one intent: desired, observed, and how they compare."""
+    """Everything known about one intent: desired, observed, and every input of a decision.
+
+    `reconcile.plan(state, now)` decides from this alone, so a run continued as new (which
+    carries only the state) decides exactly as the run before it would have.
+    """
 
     intent: OrderIntent
     desired: OrderSpec
     revision: int = 0
+    # The intent's exchange orders, recent ones one by one; older ended ones are in `settled`.
     placements: tuple[Placement, ...] = ()
-    fills: tuple[Fill, ...] = ()
+    next_placement: int = 0  # placements ever made: client order ids are never reused
+    settled: Settled = Settled()
     status: IntentStatus = IntentStatus.PENDING
     reconciliation_status: ReconciliationStatus = ReconciliationStatus.RECONCILING
     rules: MarketRules | None = None
+    # Loading the market rules failed: refused by the exchange (rejected) or unanswered (failed).
+    rules_failure: str | None = None
+    rules_refused: bool = False
     cancel_reason: str | None = None
     expiring: bool = False
     halted: str | None = None  # the account's kill switch is on (reason)
     outcome_reason: str | None = None
-    last_sync_at: datetime | None = None
+    # Changes lowering the amount, judged once no order is live (their fills are final).
+    pending_changes: tuple[PendingChange, ...] = ()
+    changes_received: int = 0
+    judgments: tuple[Judgment, ...] = ()  # the most recent few, for waiting updates
+    # Consecutive exchange calls that ended unanswered; at MAX_UNANSWERED_CALLS it gives up.
+    unanswered: int = 0
+    last_error: str | None = None
+    # A resync asked for at this time: the live order is looked up unless observed since.
+    resync_at: datetime | None = None
+    # `exchange-kernel repair` reset the run: every placement looks its id up before creating.
+    repaired: bool = False
+    # Registered with the account sync, which pushes changes of the intent's orders.
+    watched: bool = False
+    watch_refused: bool = False
+    # The account sync has completed no round since this time (its view lapsed): stale.
+    watch_lapsed_since: datetime | None = None
+    poll_interval: timedelta = timedelta(seconds=1)
+    # What was last reported to the intent's group (filled, status), or None; no group: True.
+    group_reported: tuple[Money, IntentStatus] | None = None
+    group_missing: bool = False
+    last_sync_at: datetime | None = None  # the last observation of any of its orders
     recent_actions: tuple[ActionRecord, ...] = ()
     # A held stop: the last price that the workflow saw cross it, and when (its trigger).
     last_price: Money | None = None
@@ -512,11 +626,11 @@ class IntentState(Value):
     def stop_held(self) -> bool:
         """A held stop that has not triggered yet: nothing is on the exchange, the workflow
         watches the last price and releases the order when it crosses the stop price."""
-        return self.holds_stop and not self.placements and not self.status.is_terminal
+        return self.holds_stop and not self.next_placement and not self.status.is_terminal
 
     @property
     def filled(self) -> Decimal:
-        return sum((p.filled for p in self.placements), Decimal(0))
+        return self.settled.filled + sum((p.filled for p in self.placements), Decimal(0))
 
     @property
     def remaining(self) -> Decimal:
@@ -527,19 +641,17 @@ class IntentState(Value):
         filled = self.filled
         if not filled:
             return None
-        cost = sum(
-            (
-                p.order.filled * (p.order.average_price or p.price or Decimal(0))
-                for p in self.placements
-                if p.order and p.order.filled
-            ),
-            Decimal(0),
-        )
+        cost = self.settled.cost + sum((p.cost for p in self.placements), Decimal(0))
         return cost / filled
 
     @property
+    def fills(self) -> tuple[Fill, ...]:
+        """The trades of the placements kept one by one (compacted ones are in `settled`)."""
+        return tuple(fill for p in self.placements for fill in p.fills)
+
+    @property
     def fees(self) -> dict[str, Decimal]:
-        totals: dict[str, Decimal] = {}
+        totals: dict[str, Decimal] = dict(self.settled.fees)
         for fill in self.fills:
             if fill.fee and fill.fee_currency:
                 totals[fill.fee_currency] = totals.get(fill.fee_currency, Decimal(0)) + fill.fee
@@ -550,13 +662,20 @@ class IntentState(Value):
         live = [p for p in self.placements if p.live]
         return live[-1] if live else None
 
+    def placement(self, number: int) -> Placement:
+        for placement in self.placements:
+            if placement.number == number:
+                return placement
+        raise KeyError(f"placement {number} of {self.intent.intent_id} is not kept")
+
     @property
     def exchange_order_ids(self) -> list[str]:
-        return [
+        kept = [
             p.order.exchange_order_id
             for p in self.placements
             if p.order and p.order.exchange_order_id
         ]
+        return [*self.settled.exchange_order_ids, *kept]
 
     def report(self) -> dict[str, object]:
         """Every field, including the derived ones, as JSON-ready data (for `status --json`)."""
@@ -568,6 +687,34 @@ class IntentState(Value):
         data["fees"] = {k: str(v) for k, v in self.fees.items()}
         data["stop_held"] = self.stop_held
         return data
+
+    def brief(self) -> IntentBrief:
+        average = self.average_price
+        return IntentBrief(
+            intent_id=self.intent.intent_id,
+            status=self.status,
+            reconciliation_status=self.reconciliation_status,
+            revision=self.revision,
+            desired=self.desired,
+            filled=self.filled,
+            remaining=self.remaining,
+            average_price=average,
+            pending_changes=len(self.pending_changes),
+        )
+
+
+class IntentBrief(Value):
+    """What an update answers with: the intent in a few fields (the whole state is the query's)."""
+
+    intent_id: str
+    status: IntentStatus
+    reconciliation_status: ReconciliationStatus
+    revision: int
+    desired: OrderSpec
+    filled: Money
+    remaining: Money
+    average_price: Money | None = None
+    pending_changes: int = 0
 
 
 # --- activity messages: what the workflow asks the exchange activities -----------------------
@@ -654,14 +801,9 @@ class IntentStart(Value):
 
     intent: OrderIntent
     state: IntentState | None = None
-    poll_first: timedelta = timedelta(seconds=1)
-    poll_ceiling: timedelta = timedelta(seconds=30)
-    # Registered with the account sync: resting observation comes from it, no own polling.
-    watched: bool = False
-    # Market rules first from a local activity, in the first workflow task, so the first
-    # placement needs no second one. Set by every start since it exists; False in the inputs
-    # of runs started before, which replay their regular `load_market` activity.
-    local_rules_first: bool = False
+    # A run continues as new past this many history events (sooner if Temporal suggests it),
+    # so no run's history grows past a few thousand events however long the intent lives.
+    max_run_events: int = Field(default=1000, ge=10)
 
 
 class HaltRequest(Value):
@@ -841,7 +983,9 @@ class IntentGroup(Value):
 
 
 class MemberUpdate(Value):
-    """A group member reporting its progress to its group."""
+    """A group member reporting its progress to its group: how much it has filled in all, and
+    where it stands. Reports may arrive late or twice; `group_plan.record_report` keeps the
+    newest."""
 
     intent_id: str
     filled: Money
@@ -849,8 +993,23 @@ class MemberUpdate(Value):
 
 
 class GroupState(Value):
+    """A group's whole state: every input of `group_plan.plan_group`, so a continue-as-new (or a
+    reset) carries the group's memory of what it did, not only what it heard."""
+
     group: IntentGroup
+    # The members' newest reports, by intent id (reports of intents that are not members of
+    # the group are not kept).
     members: dict[str, MemberUpdate] = Field(default_factory=dict)
+    # Members the group started (asked Temporal to start), in that order; a member is started
+    # at most once. Those whose start was refused (an intent with that id existed already),
+    # with the reason: such a member is the group's only once it reports to the group.
+    started: tuple[str, ...] = ()
+    start_refused: dict[str, str] = Field(default_factory=dict)
+    # Members the group sent a cancel (a signal: sent once, the member's reports tell the rest).
+    cancels_sent: tuple[str, ...] = ()
+    # Bracket: the amount each exit leg was last sized to, by its start or a modify.
+    sized: dict[str, Money] = Field(default_factory=dict)
+    # OCO: the member whose fill triggered the cancellation of the others.
     triggered_by: str | None = None
     cancel_reason: str | None = None
     finished: bool = False

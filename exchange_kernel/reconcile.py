@@ -1,17 +1,25 @@
-"""The reconciler: pure decisions from desired and observed state, no I/O.
+"""The reconciler: every decision about an intent, from its state alone, with no I/O.
 
-`plan(state)` looks at an `IntentState` and returns exactly one next `Action`. The workflow
-executes it, records what it observed with the `record_*` functions below, and asks again:
-level-triggered, like a Kubernetes controller. Nothing here trusts memory over observation: an
-action whose outcome is unknown is followed by a lookup before anything else.
+`plan(state, now)` returns exactly one next `Action`. The workflow executes it and records what
+came back with `begin` (before the exchange call) and `record` (after it), then asks again:
+level-triggered, like a Kubernetes controller (`Reconcile` returning a result and a requeue
+time, here `Wait.after`). Every input of a decision is a field of `IntentState`, so a run
+continued as new decides exactly as its predecessor would have. Nothing here trusts memory over
+observation: an action whose outcome is unknown is followed by a lookup before anything else.
+
+A placement (one exchange order of the intent) moves through `PlacementPhase`s only by the
+transition table `TRANSITIONS`; an observation that would move it backwards (a filled order seen
+open again, delivered late) changes nothing.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Literal
 
+from exchange_kernel import client_ids
 from exchange_kernel.models import (
     ActionRecord,
     ExchangeOrder,
@@ -21,19 +29,52 @@ from exchange_kernel.models import (
     IntentChange,
     IntentState,
     IntentStatus,
+    Judgment,
+    MarketRules,
+    MemberUpdate,
     Money,
     OrderSpec,
     OrderType,
+    PendingChange,
     Placement,
+    PlacementPhase,
     ReconciliationStatus,
+    Settled,
     Side,
     TimeInForce,
     Value,
     client_order_id,
 )
 
+# The view of a resting order is `stale` (not `in_sync`) once the kernel has not looked at the
+# exchange for it for this long (a watched intent: once the account sync says its rounds lapsed).
+STALE_AFTER = timedelta(seconds=30)
+# An intent that polls its own order (no account sync) looks again after POLL_FIRST, doubling
+# while nothing changes, up to POLL_CEILING (below STALE_AFTER, so a healthy poll stays fresh).
+POLL_FIRST = timedelta(seconds=1)
+POLL_CEILING = timedelta(seconds=15)
+# Consecutive placements, amends or cancels that exhausted their budget before the intent is
+# given up (failed). Lookups never give up: a look is harmless, and the status says `unknown`.
+MAX_UNANSWERED_CALLS = 3
 RECENT_ACTIONS = 20
-ABSENT = "absent"  # ExchangeOrder.type of a placement that a lookup did not find
+# Ended placements kept one by one (their observations and trades); older ones are compacted
+# into `IntentState.settled`. Their late observations are then ignored: the trade-id dedupe
+# horizon is the kept placements. A placement that a lookup did not find is kept longer (it
+# may still appear, exchanges' reads lag their writes) unless NOT_FOUND_HORIZON has passed.
+KEEP_ENDED = 8
+NOT_FOUND_HORIZON = timedelta(hours=1)
+KEEP_JUDGMENTS = 20
+# Exchange order ids of compacted placements kept for visibility (ExchangeOrderIds stays far
+# below Temporal's 2,048-byte limit for a keyword list).
+SETTLED_ORDER_IDS = 8
+
+
+# --- actions: what plan() asks the workflow to do ------------------------------------------------
+
+
+class LoadRules(Value):
+    kind: Literal["load_rules"] = "load_rules"
+    reason: str
 
 
 class Place(Value):
@@ -43,7 +84,7 @@ class Place(Value):
 
 
 class Amend(Value):
-    """Replace the live order with `placement` in one exchange call (native edit)."""
+    """Replace the live order `replaces` with `placement` in one exchange call (native edit)."""
 
     kind: Literal["amend"] = "amend"
     replaces: int
@@ -53,103 +94,368 @@ class Amend(Value):
 
 class Cancel(Value):
     kind: Literal["cancel"] = "cancel"
-    placement: int
+    number: int
     reason: str
 
 
 class Lookup(Value):
     kind: Literal["lookup"] = "lookup"
-    placement: int
-    reason: str
-
-
-class Wait(Value):
-    kind: Literal["wait"] = "wait"
+    number: int
     reason: str
 
 
 class WatchPrice(Value):
-    """A held stop has not triggered: watch the last price until it crosses `stop_price`.
-
-    Nothing is on the exchange. The workflow observes a crossing price (`observe_price`) and
-    plans again, which releases the order (`Place`)."""
+    """A held stop has not triggered: watch the last price until it crosses `stop_price` (or
+    `after` passes: the intent's expiry). Nothing is on the exchange; the crossing price is
+    recorded and the next plan releases the order (`Place`)."""
 
     kind: Literal["watch_price"] = "watch_price"
     side: Side
     stop_price: Money
+    after: timedelta | None = None
+    reason: str
+
+
+class Watch(Value):
+    """Register with the account's sync, which then pushes every change of the intent's orders
+    (and the kill switch); `placement` is the number of the order it is to recognise."""
+
+    kind: Literal["watch"] = "watch"
+    placement: int
+    reason: str
+
+
+class Unwatch(Value):
+    kind: Literal["unwatch"] = "unwatch"
+    reason: str
+
+
+class Report(Value):
+    """Tell the intent's group (OCO, bracket) how far it has filled and where it stands."""
+
+    kind: Literal["report"] = "report"
+    update: MemberUpdate
+    reason: str
+
+
+class Expire(Value):
+    """The intent's good-till time has come: from now on it cancels and finishes expired."""
+
+    kind: Literal["expire"] = "expire"
+    reason: str
+
+
+class Judge(Value):
+    """Decide a pending change now that no order is live: apply it (`rejection` None) or not."""
+
+    kind: Literal["judge"] = "judge"
+    number: int
+    rejection: str | None = None
+    reason: str
+
+
+class Wait(Value):
+    """Nothing to do until something changes, or `after` has passed (None: until a change)."""
+
+    kind: Literal["wait"] = "wait"
+    after: timedelta | None = None
     reason: str
 
 
 class Finish(Value):
+    """End the intent with `status` (on a finished intent: nothing left to do, return)."""
+
     kind: Literal["finish"] = "finish"
     status: IntentStatus
     reason: str
 
 
-Action = Place | Amend | Cancel | Lookup | Wait | WatchPrice | Finish
+Action = (
+    LoadRules
+    | Place
+    | Amend
+    | Cancel
+    | Lookup
+    | WatchPrice
+    | Watch
+    | Unwatch
+    | Report
+    | Expire
+    | Judge
+    | Wait
+    | Finish
+)
+# Actions that only the state records: no exchange call, no message to another workflow.
+BOOKKEEPING = (Expire, Judge, Finish)
+
+
+# --- outcomes: what executing an action gave ------------------------------------------------------
+
+
+class Observed(Value):
+    """The exchange's answer: the order as it has it now, or None (it has no such order)."""
+
+    kind: Literal["observed"] = "observed"
+    order: ExchangeOrder | None
+
+
+class Amended(Value):
+    """A native edit's answer: the new order and the replaced one, each None if not found."""
+
+    kind: Literal["amended"] = "amended"
+    replaced: ExchangeOrder | None
+    order: ExchangeOrder | None
+
+
+class Refused(Value):
+    """The exchange refused (non-retryable): nothing was created or changed."""
+
+    kind: Literal["refused"] = "refused"
+    reason: str
+
+
+class Unanswered(Value):
+    """The call exhausted its budget without an answer: nothing may be assumed."""
+
+    kind: Literal["unanswered"] = "unanswered"
+    error: str
+
+
+class RulesLoaded(Value):
+    kind: Literal["rules_loaded"] = "rules_loaded"
+    rules: MarketRules
+
+
+class PriceCrossed(Value):
+    kind: Literal["price_crossed"] = "price_crossed"
+    price: Money
+
+
+class Abandoned(Value):
+    """A watch ended early because the plan changed (a change, a cancel, an expiry)."""
+
+    kind: Literal["abandoned"] = "abandoned"
+
+
+class Sent(Value):
+    """A message to another workflow: delivered, or not (`note` says why)."""
+
+    kind: Literal["sent"] = "sent"
+    delivered: bool
+    note: str = ""
+
+
+Outcome = Observed | Amended | Refused | Unanswered | RulesLoaded | PriceCrossed | Abandoned | Sent
 
 
 class ChangeRejected(ValueError):
     """A modification or cancellation that the intent cannot take, with the reason."""
 
 
-def plan(state: IntentState) -> Action:
+# --- the placement phase table --------------------------------------------------------------------
+
+
+class Event(StrEnum):
+    """What can happen to a placement."""
+
+    SEEN_OPEN = "seen_open"
+    SEEN_FILLED = "seen_filled"
+    SEEN_CANCELED = "seen_canceled"
+    SEEN_EXPIRED = "seen_expired"
+    SEEN_REJECTED = "seen_rejected"
+    NOT_FOUND = "not_found"  # a lookup (or a cancel) found no such order
+    REFUSED = "refused"  # the exchange refused to create it
+    CANCEL_SENT = "cancel_sent"  # the kernel cancels it (or replaces it by an amend)
+    AMEND_NOT_SENT = "amend_not_sent"  # the amend that was to replace it was never sent
+
+
+SEEN = {
+    ExchangeOrderStatus.OPEN: Event.SEEN_OPEN,
+    ExchangeOrderStatus.CLOSED: Event.SEEN_FILLED,
+    ExchangeOrderStatus.CANCELED: Event.SEEN_CANCELED,
+    ExchangeOrderStatus.EXPIRED: Event.SEEN_EXPIRED,
+    ExchangeOrderStatus.REJECTED: Event.SEEN_REJECTED,
+}
+
+P = PlacementPhase
+_ENDINGS = {
+    Event.SEEN_FILLED: P.FILLED,
+    Event.SEEN_EXPIRED: P.EXPIRED,
+    Event.SEEN_REJECTED: P.REJECTED,
+}
+# phase -> event -> next phase. An event a phase does not list changes nothing: that is how a
+# late or reordered observation is ignored. Final phases list only their own observation (a
+# newer look at the same ended order, e.g. with its trades).
+TRANSITIONS: dict[PlacementPhase, dict[Event, PlacementPhase]] = {
+    P.PLACING: {
+        **_ENDINGS,
+        Event.SEEN_OPEN: P.OPEN,
+        Event.SEEN_CANCELED: P.CANCELED_ELSEWHERE,
+        Event.NOT_FOUND: P.NOT_FOUND,
+        Event.REFUSED: P.REFUSED,
+    },
+    P.OPEN: {
+        **_ENDINGS,
+        Event.SEEN_OPEN: P.OPEN,
+        Event.SEEN_CANCELED: P.CANCELED_ELSEWHERE,
+        # Seen before, gone now (exchanges archive old orders): keep the last observation.
+        Event.NOT_FOUND: P.OPEN,
+        Event.CANCEL_SENT: P.CANCELING,
+    },
+    P.CANCELING: {
+        **_ENDINGS,
+        Event.SEEN_OPEN: P.CANCELING,
+        Event.SEEN_CANCELED: P.CANCELED,
+        # Gone after the kernel's own cancel: cancelled, with the fills last seen.
+        Event.NOT_FOUND: P.CANCELED,
+        Event.CANCEL_SENT: P.CANCELING,
+        Event.AMEND_NOT_SENT: P.OPEN,
+    },
+    P.NOT_FOUND: {
+        **_ENDINGS,
+        # A request only delayed created the order after all: the intent has moved past it.
+        Event.SEEN_OPEN: P.CANCELING,
+        Event.SEEN_CANCELED: P.CANCELED,
+        Event.NOT_FOUND: P.NOT_FOUND,
+    },
+    P.REFUSED: {},
+    P.FILLED: {Event.SEEN_FILLED: P.FILLED},
+    P.CANCELED: {Event.SEEN_CANCELED: P.CANCELED, Event.NOT_FOUND: P.CANCELED},
+    P.CANCELED_ELSEWHERE: {
+        Event.SEEN_CANCELED: P.CANCELED_ELSEWHERE,
+        Event.NOT_FOUND: P.CANCELED_ELSEWHERE,
+    },
+    P.EXPIRED: {Event.SEEN_EXPIRED: P.EXPIRED, Event.NOT_FOUND: P.EXPIRED},
+    P.REJECTED: {Event.SEEN_REJECTED: P.REJECTED},
+}
+del P
+
+
+def advance(phase: PlacementPhase, event: Event) -> PlacementPhase | None:
+    """The phase `event` moves a placement to, or None when the table ignores it."""
+    return TRANSITIONS[phase].get(event)
+
+
+# --- deciding ---------------------------------------------------------------------------------
+
+
+def plan(state: IntentState, now: datetime) -> Action:
     """The one next step that brings the exchange closer to the intent."""
     if state.status.is_terminal:
+        report = _report_due(state)
+        if report is not None:
+            return report
+        if state.watched:
+            return Unwatch(reason=f"intent {state.status.value}")
         return Finish(status=state.status, reason=state.outcome_reason or state.status.value)
+    report = _report_due(state)
+    if report is not None:
+        return report
+    return _converge(state, now)
+
+
+def _converge(state: IntentState, now: datetime) -> Action:
+    """The next step towards the exchange matching the intent (reports and finishing aside)."""
+    if state.rules is None:
+        if state.rules_failure is not None:
+            status = IntentStatus.REJECTED if state.rules_refused else IntentStatus.FAILED
+            return Finish(status=status, reason=state.rules_failure)
+        return LoadRules(reason=f"market rules of {state.desired.symbol}")
+
+    if state.unanswered >= MAX_UNANSWERED_CALLS:
+        return Finish(
+            status=IntentStatus.FAILED,
+            reason=f"gave up after {state.unanswered} unanswered exchange calls: "
+            f"{state.last_error}",
+        )
 
     for placement in state.placements:
-        if placement.outcome_unknown:
+        if placement.phase is PlacementPhase.PLACING:
             return Lookup(
-                placement=placement.number,
+                number=placement.number,
                 reason=f"outcome of the last request for {placement.client_order_id} is unknown",
             )
 
-    if not state.placements and state.rules is not None:
+    if not state.next_placement:
         broken = state.rules.violations(state.desired)
         if broken:
             return Finish(status=IntentStatus.REJECTED, reason="; ".join(broken))
 
-    desired = state.desired
-    filled = state.filled
+    expires_at = state.intent.expires_at
+    if (
+        expires_at is not None
+        and now >= expires_at
+        and not state.expiring
+        and state.cancel_reason is None
+    ):
+        return Expire(reason=f"expired at {expires_at.isoformat()}")
+
     live = [p for p in state.placements if p.live]
     if len(live) > 1:
-        # Cannot happen through plan(); if observation ever shows it, shed the older order.
-        return Cancel(placement=live[0].number, reason="two live orders for one intent")
+        # Only a late order (one a lookup had not found) can make two: shed the older.
+        return Cancel(number=live[0].number, reason="two live orders for one intent")
     current = live[0] if live else None
 
-    if filled >= desired.amount:
+    if state.filled >= state.desired.amount:
         if current is not None:
-            return Cancel(placement=current.number, reason="intent amount is filled")
-        return Finish(status=IntentStatus.FILLED, reason=f"filled {filled}")
+            return Cancel(number=current.number, reason="intent amount is filled")
+        return Finish(status=IntentStatus.FILLED, reason=f"filled {state.filled}")
 
     if state.cancel_reason is not None:
         if current is not None:
-            return Cancel(placement=current.number, reason=f"cancel: {state.cancel_reason}")
+            return Cancel(number=current.number, reason=f"cancel: {state.cancel_reason}")
         outcome = IntentStatus.EXPIRED if state.expiring else IntentStatus.CANCELED
         return Finish(status=outcome, reason=state.cancel_reason)
 
+    if state.pending_changes:
+        pending = state.pending_changes[0]
+        if current is not None:
+            # A lower amount is judged on final fills: once the order is cancelled nothing
+            # more can fill, so the reduction can never be accepted on a view the exchange has
+            # already overtaken (then the remaining is placed again, at the new amount or not).
+            return Cancel(
+                number=current.number,
+                reason=f"change {pending.number} lowers the amount: cancel first, judge it on "
+                "the order's final fills",
+            )
+        return Judge(
+            number=pending.number,
+            rejection=_rejection(state, pending.change),
+            reason=f"change {pending.number}: {describe_change(pending.change)}",
+        )
+
     if current is not None:
-        return _plan_live(state, current)
-    return _plan_idle(state)
+        return _plan_live(state, current, now)
+    return _plan_idle(state, now)
 
 
-def _plan_live(state: IntentState, current: Placement) -> Action:
+def _plan_live(state: IntentState, current: Placement, now: datetime) -> Action:
     desired = state.desired
     order = current.order
-    if order is None:
-        return Lookup(placement=current.number, reason="placed order not yet observed")
-    if current.cancel_requested:
-        # We asked for a cancel and still see it open: the cancel did not take; ask again.
-        return Cancel(placement=current.number, reason="order still open after cancel")
+    assert order is not None  # live and not PLACING: observed
+    if current.phase is PlacementPhase.CANCELING:
+        # Asked to cancel and still open (or the answer was lost): ask again.
+        return Cancel(number=current.number, reason="order still open after cancel")
+    newest = state.placements[-1]
+    if newest.number > current.number and newest.phase in (
+        PlacementPhase.REFUSED,
+        PlacementPhase.REJECTED,
+    ):
+        # The exchange refused the order that was to replace this one (a native edit).
+        refusal = newest.refusal or "rejected"
+        return Cancel(number=current.number, reason=f"its replacement was refused: {refusal}")
+    if state.resync_at is not None and (
+        current.observed_at is None or current.observed_at < state.resync_at
+    ):
+        return Lookup(number=current.number, reason="resync: look at the exchange now")
     if not _rests(state):
-        return Wait(reason="waiting for the exchange to finish the order")
+        return _wait(state, current, now, "waiting for the exchange to finish the order")
     wanted_remaining = desired.amount - state.filled
     # A released held stop is a plain order: its stop price is behind it, not on the exchange.
     stop_differs = not state.holds_stop and desired.stop_price != current.stop_price
     price_differs = desired.price != current.price or stop_differs
     if not price_differs and order.remaining == wanted_remaining:
-        return Wait(reason="resting as desired")
+        return _wait(state, current, now, "resting as desired")
     changes = []
     if price_differs:
         changes.append(f"price {current.price} -> {desired.price}")
@@ -165,35 +471,71 @@ def _plan_live(state: IntentState, current: Placement) -> Action:
             placement=_next_placement(state, wanted_remaining),
             reason=f"amend: {reason}",
         )
-    return Cancel(placement=current.number, reason=f"replace: {reason}")
+    return Cancel(number=current.number, reason=f"replace: {reason}")
 
 
-def _plan_idle(state: IntentState) -> Action:
+def _wait(state: IntentState, current: Placement, now: datetime, reason: str) -> Action:
+    """Wait for a change; an intent that no account sync watches looks again on its own."""
+    watch = _watch_due(state, current.number)
+    if watch is not None:
+        return watch
+    after = _until_expiry(state, now)
+    if not state.watched:
+        seen = current.observed_at or now
+        due = seen + state.poll_interval
+        if due <= now:
+            return Lookup(number=current.number, reason=f"poll ({state.poll_interval} since)")
+        after = due - now if after is None else min(after, due - now)
+    return Wait(after=after, reason=reason)
+
+
+def _watch_due(state: IntentState, number: int) -> Watch | None:
+    """Registration with the account sync, when it is possible and not done yet."""
+    if state.watched or state.watch_refused:
+        return None
+    if not state.stop_held:
+        placement = state.placement(number)
+        exchange = state.rules.exchange if state.rules is not None else None
+        if not client_ids.belongs_to(
+            placement.client_order_id, state.intent.intent_id, number, exchange
+        ):
+            return None  # an adopted order carries another client order id: polled
+    return Watch(placement=number, reason="resting: observed by the account sync from now on")
+
+
+def _until_expiry(state: IntentState, now: datetime) -> timedelta | None:
+    expires_at = state.intent.expires_at
+    if expires_at is None or state.expiring or state.cancel_reason is not None:
+        return None
+    return max(expires_at - now, timedelta(milliseconds=1))
+
+
+def _plan_idle(state: IntentState, now: datetime) -> Action:
     desired = state.desired
     remaining = desired.amount - state.filled
     if not state.placements:
         if state.holds_stop:
-            return _plan_held_stop(state, remaining)
+            return _plan_held_stop(state, remaining, now)
         return Place(placement=_next_placement(state, remaining), reason="new intent")
     last = state.placements[-1]
-    if last.rejected is not None:
-        return Finish(status=IntentStatus.REJECTED, reason=last.rejected)
-    assert last.order is not None  # not live and not rejected means observed
-    status = last.order.status
-    if status is ExchangeOrderStatus.REJECTED:
+    phase = last.phase
+    if phase is PlacementPhase.REFUSED:
+        return Finish(status=IntentStatus.REJECTED, reason=last.refusal or "refused")
+    if phase is PlacementPhase.REJECTED:
         return Finish(status=IntentStatus.REJECTED, reason="the exchange rejected the order")
-    if status is ExchangeOrderStatus.CANCELED and last.cancel_requested and not _rests(state):
-        # Cancelled by us, or never reached the exchange (observe_absent): a market/IOC/FOK
-        # order that never ran has not expired; place it again.
+    withdrawn = phase in (PlacementPhase.CANCELED, PlacementPhase.NOT_FOUND)
+    if withdrawn and not _rests(state):
+        # Cancelled by us, or never reached the exchange: a market/IOC/FOK order that never
+        # ran has not expired; place it again.
         return Place(
             placement=_next_placement(state, remaining), reason=f"place remaining {remaining}"
         )
-    if status is ExchangeOrderStatus.EXPIRED or not _rests(state):
+    if phase is PlacementPhase.EXPIRED or not _rests(state):
         return Finish(
             status=IntentStatus.EXPIRED,
             reason=f"{desired.time_in_force.value} order ended with {state.filled} filled",
         )
-    if status is ExchangeOrderStatus.CANCELED and not last.cancel_requested:
+    if phase is PlacementPhase.CANCELED_ELSEWHERE:
         if state.intent.on_external_cancel is ExternalCancelPolicy.FINISH:
             return Finish(
                 status=IntentStatus.CANCELED,
@@ -203,21 +545,27 @@ def _plan_idle(state: IntentState) -> Action:
             placement=_next_placement(state, remaining),
             reason="restore: the order was cancelled on the exchange outside exchange-kernel",
         )
-    # Cancelled by us to be replaced, or filled while the intent grew: place what is left.
+    # Cancelled by us to be replaced, never found, or filled while the intent grew.
     return Place(placement=_next_placement(state, remaining), reason=f"place remaining {remaining}")
 
 
-def _plan_held_stop(state: IntentState, remaining: Decimal) -> Action:
+def _plan_held_stop(state: IntentState, remaining: Decimal, now: datetime) -> Action:
     """A stop the workflow holds: release it once the last price has crossed, else watch."""
     desired = state.desired
     assert desired.stop_price is not None  # a stop type: validated by OrderSpec
     condition = trigger_condition(desired.side, desired.stop_price)
     last = state.last_price
     if last is None or not stop_crossed(desired.side, desired.stop_price, last):
+        # Registered with the account sync although nothing is on the exchange yet: the kill
+        # switch reaches the intents it watches (halt, cancel-all).
+        watch = _watch_due(state, state.next_placement)
+        if watch is not None:
+            return watch
         seen = "" if last is None else f"; last price seen {last}"
         return WatchPrice(
             side=desired.side,
             stop_price=desired.stop_price,
+            after=_until_expiry(state, now),
             reason=f"stop held by the workflow: triggers when {condition}{seen}",
         )
     released = desired.type.released_as
@@ -227,6 +575,17 @@ def _plan_held_stop(state: IntentState, remaining: Decimal) -> Action:
         reason=f"held stop triggered (last price {last}, {condition}): released as a "
         f"{released.value} order @ {at}",
     )
+
+
+def _report_due(state: IntentState) -> Report | None:
+    if state.intent.group_id is None or state.group_missing:
+        return None
+    if state.group_reported == (state.filled, state.status):
+        return None
+    update = MemberUpdate(
+        intent_id=state.intent.intent_id, filled=state.filled, status=state.status
+    )
+    return Report(update=update, reason=f"{state.status.value}, filled {state.filled}")
 
 
 def stop_crossed(side: Side, stop_price: Decimal, last: Decimal) -> bool:
@@ -249,9 +608,7 @@ def _rests(state: IntentState) -> bool:
 
 
 def _next_placement(state: IntentState, amount: Decimal) -> Placement:
-    number = len(state.placements)
-    # In the form of the account's exchange (`client_ids`); rules without an exchange (recorded
-    # before it was known) give the kernel's own form, so old histories replay unchanged.
+    number = state.next_placement
     exchange = state.rules.exchange if state.rules is not None else None
     return Placement(
         number=number,
@@ -272,116 +629,325 @@ def order_type_on_exchange(state: IntentState) -> tuple[OrderType, Decimal | Non
     return state.desired.type, state.desired.stop_price
 
 
-# --- recording what happened (pure state transitions) -------------------------------------
+def is_stale(state: IntentState, now: datetime) -> bool:
+    """The kernel's view of the intent's live order is older than STALE_AFTER."""
+    live = state.live_placement
+    if live is None or live.phase is PlacementPhase.PLACING or state.status.is_terminal:
+        return False
+    if state.watched:
+        return state.watch_lapsed_since is not None
+    return live.observed_at is None or now - live.observed_at > STALE_AFTER
 
 
-def start(state: IntentState, action: Action, now: datetime) -> IntentState:
-    """Record that `action` is about to be executed; a placement is then live until observed."""
+# --- recording (pure state transitions) -------------------------------------------------------
+
+
+def begin(state: IntentState, action: Action, now: datetime) -> IntentState:
+    """Record that `action` is about to be executed; a new order is then PLACING (unknown)."""
+    if not isinstance(action, Place | Amend | Cancel | Lookup | WatchPrice):
+        return state  # messages and bookkeeping: `record` logs what is worth it
     state = _log(state, action, now)
     if isinstance(action, Place | Amend):
-        # Until the exchange answers, the new order's outcome is unknown.
-        placement = action.placement.model_copy(update={"outcome_unknown": True})
-        state = state.model_copy(update={"placements": (*state.placements, placement)})
+        state = state.model_copy(
+            update={
+                "placements": (*state.placements, action.placement),
+                "next_placement": action.placement.number + 1,
+            }
+        )
     if isinstance(action, Amend):
-        state = _update_placement(state, action.replaces, cancel_requested=True)
+        state = _move(state, action.replaces, Event.CANCEL_SENT, now, observed=False)
     if isinstance(action, Cancel):
-        state = _update_placement(state, action.placement, cancel_requested=True)
-    return _refresh(state)
+        state = _move(state, action.number, Event.CANCEL_SENT, now, observed=False)
+    return refresh(state, now)
+
+
+def record(
+    state: IntentState, action: Action, outcome: Outcome | None, now: datetime
+) -> IntentState:
+    """Record what executing `action` gave (after `begin`). The one recorder of the workflow and
+    of the property test."""
+    if isinstance(outcome, Unanswered):
+        return refresh(_unanswered(state, action, outcome.error, now), now)
+    match action:
+        case LoadRules():
+            if isinstance(outcome, RulesLoaded):
+                state = state.model_copy(update={"rules": outcome.rules})
+            elif isinstance(outcome, Refused):
+                state = state.model_copy(
+                    update={"rules_failure": outcome.reason, "rules_refused": True}
+                )
+        case Place(placement=placement):
+            if isinstance(outcome, Observed) and outcome.order is not None:
+                state = observe(state, outcome.order, now)
+            elif isinstance(outcome, Observed):
+                state = observe_absent(state, placement.number, now)
+            elif isinstance(outcome, Refused):
+                state = _refuse(state, placement.number, outcome.reason, now)
+            state = _answered(state, poll_reset=True)
+        case Amend(replaces=replaces, placement=placement):
+            if isinstance(outcome, Amended):
+                state = _record_amend(state, replaces, placement.number, outcome, now)
+            elif isinstance(outcome, Refused):
+                # Nothing was changed: the old order stays as it was (a lookup says how).
+                state = _refuse(state, placement.number, outcome.reason, now)
+                state = _move(state, replaces, Event.AMEND_NOT_SENT, now, observed=False)
+            state = _answered(state, poll_reset=True)
+        case Cancel(number=number) | Lookup(number=number):
+            if isinstance(outcome, Observed):
+                before = _fingerprint(state, number)
+                if outcome.order is None:
+                    state = observe_absent(state, number, now)
+                else:
+                    state = observe(state, outcome.order, now)
+                quiet = isinstance(action, Lookup) and _fingerprint(state, number) == before
+                state = _answered(state, poll_reset=not quiet)
+        case WatchPrice():
+            if isinstance(outcome, PriceCrossed):
+                state = observe_price(state, outcome.price, now)
+                state = _answered(state, poll_reset=True)
+        case Watch():
+            if isinstance(outcome, Sent):
+                if outcome.delivered:
+                    state = state.model_copy(update={"watched": True, "watch_lapsed_since": None})
+                else:
+                    state = state.model_copy(update={"watch_refused": True})
+                    state = note(
+                        state, "polling", f"no account sync to watch it: {outcome.note}", now
+                    )
+        case Unwatch():
+            state = state.model_copy(update={"watched": False})
+        case Report(update=update):
+            if isinstance(outcome, Sent) and outcome.delivered:
+                state = state.model_copy(update={"group_reported": (update.filled, update.status)})
+            elif isinstance(outcome, Sent):
+                # A group id used as a plain label, with no group workflow: nothing to tell.
+                state = state.model_copy(update={"group_missing": True})
+        case Expire(reason=reason):
+            state = _log(state, action, now)
+            state = state.model_copy(update={"cancel_reason": reason, "expiring": True})
+        case Judge():
+            state = _log(state, action, now)
+            state = _judge(state, action, now)
+        case Finish():
+            state = _finish(state, action, now)
+            return state
+    return refresh(compact(state, now), now)
+
+
+def _record_amend(
+    state: IntentState, replaces: int, new: int, outcome: Amended, now: datetime
+) -> IntentState:
+    if outcome.replaced is not None:
+        state = observe(state, outcome.replaced, now)
+    if outcome.order is not None:
+        return observe(state, outcome.order, now)
+    if outcome.replaced is not None and outcome.replaced.status.is_live:
+        # Not sent: the old order changed since it was planned. It stays; the new one was never
+        # placed. The next plan starts again from what was observed.
+        state = _move(state, replaces, Event.AMEND_NOT_SENT, now, observed=False)
+    return observe_absent(state, new, now)
+
+
+def _unanswered(state: IntentState, action: Action, error: str, now: datetime) -> IntentState:
+    """A call without an answer changes no phase: a PLACING order stays unknown (a lookup comes
+    next), a CANCELING one is cancelled again; only writes count towards giving up."""
+    if isinstance(action, LoadRules):
+        return state.model_copy(update={"rules_failure": f"could not load market rules: {error}"})
+    state = note(state, "exchange call failed", error, now)
+    if isinstance(action, Place | Amend | Cancel):
+        state = state.model_copy(update={"unanswered": state.unanswered + 1})
+    return state.model_copy(update={"last_error": error})
+
+
+def _answered(state: IntentState, *, poll_reset: bool) -> IntentState:
+    """The exchange answered: the give-up count starts again; a poll that found no change
+    backs off (an action, or a change seen, looks again soon)."""
+    interval = POLL_FIRST if poll_reset else min(state.poll_interval * 2, POLL_CEILING)
+    return state.model_copy(update={"unanswered": 0, "poll_interval": interval})
+
+
+def _fingerprint(state: IntentState, number: int) -> tuple[object, ...]:
+    try:
+        placement = state.placement(number)
+    except KeyError:
+        return ()
+    order = placement.order
+    return (placement.phase, order.filled if order else None, order.status if order else None)
 
 
 def observe(state: IntentState, order: ExchangeOrder, now: datetime) -> IntentState:
-    """Merge an observed exchange order into the placement with its client order id."""
+    """Merge an observed exchange order into the placement with its client order id (a kept
+    one: observations of compacted placements, and of foreign ids, are ignored)."""
     for placement in state.placements:
-        if placement.client_order_id != order.client_order_id:
-            continue
-        known = placement.order
-        if known is not None and _older(order, known):
-            return state
-        fills = _merge_fills(state.fills, order.fills)
-        state = _update_placement(
-            state, placement.number, order=order, outcome_unknown=False, rejected=None
-        )
-        state = state.model_copy(update={"fills": fills, "last_sync_at": now})
-        return _refresh(state)
-    return state
+        if placement.client_order_id == order.client_order_id:
+            break
+    else:
+        return state
+    phase = advance(placement.phase, SEEN[order.status])
+    known = placement.order
+    if phase is None or (known is not None and order.filled < known.filled):
+        return state  # late or reordered: it would step back
+    updated = placement.model_copy(
+        update={
+            "phase": phase,
+            "order": order.model_copy(update={"fills": ()}),
+            "fills": _merge_fills(placement.fills, order.fills),
+            "observed_at": now,
+        }
+    )
+    state = _replace(state, updated).model_copy(update={"last_sync_at": now})
+    return refresh(state, now)
 
 
 def observe_absent(state: IntentState, number: int, now: datetime) -> IntentState:
     """The exchange has no order with this placement's client order id."""
-    placement = state.placements[number]
-    if placement.order is None:
-        # It never reached the exchange. That is not a rejection of the intent: close the
-        # placement as if cancelled by us, so that the next plan places the remaining amount
-        # again under a fresh client order id.
-        state = _update_placement(
-            state,
-            number,
-            outcome_unknown=False,
-            cancel_requested=True,
-            order=_absent_order(placement, state),
-        )
-    else:
-        # Seen before, gone now (exchanges archive old orders): keep the last observation.
-        state = _update_placement(state, number, outcome_unknown=False)
-    return _refresh(state.model_copy(update={"last_sync_at": now}))
+    return refresh(_move(state, number, Event.NOT_FOUND, now, observed=True), now)
 
 
 def observe_price(state: IntentState, price: Decimal, now: datetime) -> IntentState:
     """A last price seen for a held stop (the watch reports the one that crossed it)."""
     state = state.model_copy(update={"last_price": price, "last_price_at": now})
-    return _refresh(state)
+    return refresh(state, now)
 
 
-def amend_skipped(state: IntentState, replaced: int, new: int, now: datetime) -> IntentState:
-    """The amend was not sent (the old order changed since it was planned): the old order is
-    not being cancelled, the new one was never placed; plan again from what was observed."""
-    state = _update_placement(state, replaced, cancel_requested=False)
-    return observe_absent(state, new, now)
+def _refuse(state: IntentState, number: int, reason: str, now: datetime) -> IntentState:
+    state = _move(state, number, Event.REFUSED, now, observed=True, refusal=reason)
+    return state.model_copy(update={"last_sync_at": now})
 
 
-def reject(state: IntentState, number: int, reason: str, now: datetime) -> IntentState:
-    """The exchange refused the placement (non-retryable): nothing was created."""
-    state = _update_placement(state, number, outcome_unknown=False, rejected=reason)
-    return _refresh(state.model_copy(update={"last_sync_at": now}))
+def _move(
+    state: IntentState,
+    number: int,
+    event: Event,
+    now: datetime,
+    *,
+    observed: bool,
+    refusal: str | None = None,
+) -> IntentState:
+    """Move placement `number` by `event` through the phase table (unchanged if it ignores it)."""
+    try:
+        placement = state.placement(number)
+    except KeyError:
+        return state
+    phase = advance(placement.phase, event)
+    if phase is None:
+        return state
+    update: dict[str, object] = {"phase": phase}
+    if observed:
+        update["observed_at"] = now
+    if phase is PlacementPhase.REFUSED:
+        update["refusal"] = refusal or "refused"
+    return _replace(state, placement.model_copy(update=update))
 
 
-def unknown(state: IntentState, number: int) -> IntentState:
-    """A request for this placement ended without an answer: only a lookup can tell."""
-    return _refresh(_update_placement(state, number, outcome_unknown=True))
+def _replace(state: IntentState, placement: Placement) -> IntentState:
+    # model_validate, not model_copy: the phase's invariants (an observed phase has an order)
+    # are checked on every transition.
+    checked = Placement.model_validate(placement.model_dump())
+    placements = tuple(checked if p.number == placement.number else p for p in state.placements)
+    return state.model_copy(update={"placements": placements})
 
 
-def finish(state: IntentState, action: Finish, now: datetime) -> IntentState:
+def _merge_fills(known: tuple[Fill, ...], new: tuple[Fill, ...]) -> tuple[Fill, ...]:
+    ids = {f.trade_id for f in known}
+    merged = list(known)
+    for fill in new:
+        if fill.trade_id not in ids:
+            merged.append(fill)
+            ids.add(fill.trade_id)
+    return tuple(merged)
+
+
+def compact(state: IntentState, now: datetime) -> IntentState:
+    """Fold ended placements beyond the last KEEP_ENDED into `settled` (bounded state)."""
+    ended = [p for p in state.placements if not p.live]
+    if len(ended) <= KEEP_ENDED:
+        return state
+    candidates = ended[:-KEEP_ENDED]
+    folded = [
+        p
+        for p in candidates
+        if p.phase.is_final
+        or (p.observed_at is not None and now - p.observed_at > NOT_FOUND_HORIZON)
+    ]
+    if not folded:
+        return state
+    settled = state.settled
+    fees = dict(settled.fees)
+    ids = list(settled.exchange_order_ids)
+    filled, cost = settled.filled, settled.cost
+    for placement in folded:
+        filled += placement.filled
+        cost += placement.cost
+        for fill in placement.fills:
+            if fill.fee and fill.fee_currency:
+                fees[fill.fee_currency] = fees.get(fill.fee_currency, Decimal(0)) + fill.fee
+        if placement.order is not None and placement.order.exchange_order_id:
+            ids.append(placement.order.exchange_order_id)
+    gone = {p.number for p in folded}
+    return state.model_copy(
+        update={
+            "placements": tuple(p for p in state.placements if p.number not in gone),
+            "settled": Settled(
+                placements=settled.placements + len(folded),
+                filled=filled,
+                cost=cost,
+                fees=fees,
+                exchange_order_ids=tuple(ids[-SETTLED_ORDER_IDS:]),
+            ),
+        }
+    )
+
+
+def _finish(state: IntentState, action: Finish, now: datetime) -> IntentState:
     state = _log(state, action, now)
-    state = state.model_copy(
+    # Changes still waiting for a judgment cannot apply to a finished intent.
+    judgments = tuple(
+        Judgment(
+            number=p.number,
+            rejection=f"intent {state.intent.intent_id} is already {action.status.value}",
+            revision=state.revision,
+        )
+        for p in state.pending_changes
+    )
+    return state.model_copy(
         update={
             "status": action.status,
             "outcome_reason": action.reason,
             "reconciliation_status": ReconciliationStatus.IN_SYNC,
+            "pending_changes": (),
+            "judgments": (*state.judgments, *judgments)[-KEEP_JUDGMENTS:],
         }
     )
-    return state
+
+
+# --- inputs from outside: changes, cancels, the kill switch, pushed observations ---------------
 
 
 def check_change(state: IntentState, change: IntentChange) -> None:
     """Raise ChangeRejected naming the problem if `change` cannot apply to this intent."""
+    rejection = _rejection(state, change)
+    if rejection is not None:
+        raise ChangeRejected(rejection)
+
+
+def _rejection(state: IntentState, change: IntentChange) -> str | None:
     if state.status.is_terminal:
-        raise ChangeRejected(f"intent {state.intent.intent_id} is already {state.status.value}")
+        return f"intent {state.intent.intent_id} is already {state.status.value}"
     if state.cancel_reason is not None:
-        raise ChangeRejected(f"intent {state.intent.intent_id} is being cancelled")
+        return f"intent {state.intent.intent_id} is being cancelled"
     desired = state.desired
     if change.price is not None and desired.price is None:
-        raise ChangeRejected(f"price: a {desired.type.value} order has no price to change")
+        return f"price: a {desired.type.value} order has no price to change"
     if change.stop_price is not None:
         if not desired.type.is_stop:
-            raise ChangeRejected(f"stop_price: a {desired.type.value} order has no stop price")
-        if state.holds_stop and state.placements:
-            raise ChangeRejected(
-                "stop_price: the held stop has triggered already; its order is on the exchange"
-            )
+            return f"stop_price: a {desired.type.value} order has no stop price"
+        if state.holds_stop and state.next_placement:
+            return "stop_price: the held stop has triggered already; its order is on the exchange"
     if change.amount is not None and change.amount < state.filled:
-        raise ChangeRejected(f"amount {change.amount} is below the {state.filled} already filled")
+        return f"amount {change.amount} is below the {state.filled} already filled"
     if state.halted is not None and increases_risk(desired, change):
-        raise ChangeRejected(
+        return (
             f"account {state.intent.account} is halted ({state.halted}): only cancels and "
             "changes that reduce risk are accepted"
         )
@@ -391,7 +957,55 @@ def check_change(state: IntentState, change: IntentChange) -> None:
         if remaining > 0:
             broken = state.rules.violations(new_spec, amount=remaining)
             if broken:
-                raise ChangeRejected("; ".join(broken))
+                return "; ".join(broken)
+    return None
+
+
+def lowers_amount(state: IntentState, change: IntentChange) -> bool:
+    return change.amount is not None and change.amount < state.desired.amount
+
+
+def receive_change(
+    state: IntentState, change: IntentChange, now: datetime, *, answered: bool = False
+) -> tuple[IntentState, int]:
+    """Take a change (signal or update): refused at once if the known view refuses it; a change
+    that lowers the amount (and any change behind one) waits to be judged on final fills
+    (`Judge`); any other applies now. Returns the state and the change's number."""
+    check_change(state, change)
+    number = state.changes_received
+    state = state.model_copy(update={"changes_received": number + 1})
+    if state.pending_changes or lowers_amount(state, change):
+        pending = PendingChange(number=number, change=change, at=now, answered=answered)
+        record_ = ActionRecord(
+            at=now, action="change pending", reason=f"{number}: {describe_change(change)}"
+        )
+        state = state.model_copy(
+            update={
+                "pending_changes": (*state.pending_changes, pending),
+                "recent_actions": (*state.recent_actions, record_)[-RECENT_ACTIONS:],
+            }
+        )
+        return refresh(state, now), number
+    return apply_change(state, change, now), number
+
+
+def _judge(state: IntentState, action: Judge, now: datetime) -> IntentState:
+    pending = next(p for p in state.pending_changes if p.number == action.number)
+    rest = tuple(p for p in state.pending_changes if p.number != action.number)
+    state = state.model_copy(update={"pending_changes": rest})
+    if action.rejection is None:
+        state = apply_change(state, pending.change, now)
+    else:
+        state = note(state, "modify rejected", action.rejection, now)
+    judgment = Judgment(number=action.number, rejection=action.rejection, revision=state.revision)
+    return state.model_copy(update={"judgments": (*state.judgments, judgment)[-KEEP_JUDGMENTS:]})
+
+
+def judgment(state: IntentState, number: int) -> Judgment | None:
+    for item in state.judgments:
+        if item.number == number:
+            return item
+    return None
 
 
 def increases_risk(desired: OrderSpec, change: IntentChange) -> bool:
@@ -415,29 +1029,15 @@ def increases_risk(desired: OrderSpec, change: IntentChange) -> bool:
 def set_halted(state: IntentState, reason: str | None, now: datetime) -> IntentState:
     if state.halted == reason:
         return state
-    record = ActionRecord(
-        at=now, action="halted" if reason else "resumed", reason=reason or "kill switch off"
-    )
-    return state.model_copy(
-        update={
-            "halted": reason,
-            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
-        }
-    )
+    state = state.model_copy(update={"halted": reason})
+    return note(state, "halted" if reason else "resumed", reason or "kill switch off", now)
 
 
 def apply_change(state: IntentState, change: IntentChange, now: datetime) -> IntentState:
     check_change(state, change)
     desired = _changed_spec(state, change)
-    record = ActionRecord(at=now, action="modify", reason=_describe_change(change))
-    state = state.model_copy(
-        update={
-            "desired": desired,
-            "revision": state.revision + 1,
-            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
-        }
-    )
-    return _refresh(state)
+    state = state.model_copy(update={"desired": desired, "revision": state.revision + 1})
+    return refresh(note(state, "modify", describe_change(change), now), now)
 
 
 def check_cancel(state: IntentState) -> None:
@@ -449,28 +1049,37 @@ def request_cancel(state: IntentState, reason: str, now: datetime) -> IntentStat
     check_cancel(state)
     if state.cancel_reason is not None:
         return state
-    record = ActionRecord(at=now, action="cancel requested", reason=reason)
-    return state.model_copy(
-        update={
-            "cancel_reason": reason,
-            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
-        }
-    )
+    state = state.model_copy(update={"cancel_reason": reason})
+    return refresh(note(state, "cancel requested", reason, now), now)
 
 
-def request_expiry(state: IntentState, now: datetime) -> IntentState:
-    """The intent's good-till time has come: cancel what is live, finish as expired."""
-    if state.status.is_terminal or state.expiring:
+def request_resync(state: IntentState, now: datetime) -> IntentState:
+    """Look at the live order now (level-triggered: done unless it is observed after `now`)."""
+    return refresh(state.model_copy(update={"resync_at": now}), now)
+
+
+def mark_repaired(state: IntentState, reason: str, now: datetime) -> IntentState:
+    """`exchange-kernel repair` reset the run: an order of the discarded history may exist
+    under any placement's client order id, so every placement looks before it creates."""
+    return note(state.model_copy(update={"repaired": True}), "repaired", reason, now)
+
+
+def watch_lapsed(state: IntentState, since: datetime | None, now: datetime) -> IntentState:
+    """The account sync says its view lapsed (`since`: its last completed round) or is back
+    (None); a lapsed view makes a resting intent `stale`."""
+    if state.watch_lapsed_since == since:
         return state
-    expires_at = state.intent.expires_at
-    reason = f"expired at {expires_at.isoformat() if expires_at else now.isoformat()}"
-    record = ActionRecord(at=now, action="expire", reason=reason)
+    state = state.model_copy(update={"watch_lapsed_since": since})
+    what = "account sync lapsed" if since is not None else "account sync back"
+    detail = f"no completed round since {since.isoformat()}" if since else "rounds complete again"
+    return refresh(note(state, what, detail, now), now)
+
+
+def note(state: IntentState, action: str, reason: str, now: datetime) -> IntentState:
+    """Add a line to the intent's recent actions (a decision or an event worth seeing)."""
+    record_ = ActionRecord(at=now, action=action, reason=reason)
     return state.model_copy(
-        update={
-            "cancel_reason": reason,
-            "expiring": True,
-            "recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:],
-        }
+        update={"recent_actions": (*state.recent_actions, record_)[-RECENT_ACTIONS:]}
     )
 
 
@@ -480,72 +1089,36 @@ def derive_status(state: IntentState) -> IntentStatus:
         return state.status
     if state.filled > 0:
         return IntentStatus.PARTIALLY_FILLED
-    if any(p.order is not None and p.order.status.is_live for p in state.placements):
+    if any(p.phase in (PlacementPhase.OPEN, PlacementPhase.CANCELING) for p in state.placements):
         return IntentStatus.OPEN
     return IntentStatus.PENDING
 
 
-def _refresh(state: IntentState) -> IntentState:
+def reconciliation(state: IntentState, now: datetime) -> ReconciliationStatus:
+    """How the exchange compares with the intent, as of `now`."""
+    if state.status.is_terminal:
+        return ReconciliationStatus.IN_SYNC
+    if any(p.phase is PlacementPhase.PLACING for p in state.placements):
+        return ReconciliationStatus.UNKNOWN
+    action = _converge(state.model_copy(update={"status": IntentStatus.PENDING}), now)
+    settled = isinstance(action, Wait | WatchPrice | Watch) or (
+        isinstance(action, Lookup) and action.reason.startswith("poll")
+    )
+    if not settled:
+        return ReconciliationStatus.RECONCILING
+    return ReconciliationStatus.STALE if is_stale(state, now) else ReconciliationStatus.IN_SYNC
+
+
+def refresh(state: IntentState, now: datetime) -> IntentState:
+    """Derive status and reconciliation status again from the state."""
     if state.status.is_terminal:
         return state
-    if any(p.outcome_unknown for p in state.placements):
-        reconciliation = ReconciliationStatus.UNKNOWN
-    elif isinstance(
-        plan(state.model_copy(update={"status": IntentStatus.PENDING})), Wait | WatchPrice
-    ):
-        reconciliation = ReconciliationStatus.IN_SYNC
-    else:
-        reconciliation = ReconciliationStatus.RECONCILING
-    return state.model_copy(
-        update={"status": derive_status(state), "reconciliation_status": reconciliation}
-    )
+    state = state.model_copy(update={"status": derive_status(state)})
+    return state.model_copy(update={"reconciliation_status": reconciliation(state, now)})
 
 
 def _log(state: IntentState, action: Action, now: datetime) -> IntentState:
-    record = ActionRecord(at=now, action=action.kind, reason=action.reason)
-    return state.model_copy(
-        update={"recent_actions": (*state.recent_actions, record)[-RECENT_ACTIONS:]}
-    )
-
-
-def _update_placement(state: IntentState, number: int, **fields: object) -> IntentState:
-    placements = tuple(
-        p.model_copy(update=fields) if p.number == number else p for p in state.placements
-    )
-    return state.model_copy(update={"placements": placements})
-
-
-def _older(new: ExchangeOrder, known: ExchangeOrder) -> bool:
-    """Observations can arrive out of order (poll vs pushed); never step back."""
-    if known.type == ABSENT:
-        # Not an observation but the record of a lookup that found nothing: a request that
-        # was only delayed can still create the order later, and then it must be seen.
-        return False
-    if known.status.is_live is False and new.status.is_live:
-        return True
-    return new.filled < known.filled
-
-
-def _merge_fills(known: tuple[Fill, ...], new: tuple[Fill, ...]) -> tuple[Fill, ...]:
-    ids = {f.trade_id for f in known}
-    merged = list(known)
-    for fill in new:
-        if fill.trade_id not in ids:
-            merged.append(fill)
-            ids.add(fill.trade_id)
-    return tuple(merged)
-
-
-def _absent_order(placement: Placement, state: IntentState) -> ExchangeOrder:
-    return ExchangeOrder(
-        exchange_order_id="",
-        client_order_id=placement.client_order_id,
-        symbol=state.desired.symbol,
-        side=state.desired.side,
-        type=ABSENT,
-        status=ExchangeOrderStatus.CANCELED,
-        amount=placement.amount,
-    )
+    return note(state, action.kind, action.reason, now)
 
 
 def _changed_spec(state: IntentState, change: IntentChange) -> OrderSpec:
@@ -560,7 +1133,7 @@ def _changed_spec(state: IntentState, change: IntentChange) -> OrderSpec:
     return OrderSpec.model_validate({**state.desired.model_dump(), **update})
 
 
-def _describe_change(change: IntentChange) -> str:
+def describe_change(change: IntentChange) -> str:
     parts = []
     if change.price is not None:
         parts.append(f"price -> {change.price}")

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         halt_scope,
         workflow_id_for,
     )
+    from exchange_kernel.reconcile import STALE_AFTER
 
 
 class AccountSyncStart(Value):
@@ -54,8 +55,11 @@ class AccountSyncStart(Value):
     exchanges: dict[str, str] = {}
     placements: dict[str, int] = {}
     # The kernel's task queue: the account's activity queue derives from it. None: the
-    # workflow's own (a run started when the syncs shared the kernel's queue).
+    # workflow's own.
     task_queue: str | None = None
+    # The last completed round, and since when the watched intents were told the view lapsed.
+    last_round_at: datetime | None = None
+    lapsed_since: datetime | None = None
 
 
 class AccountSyncStatus(Value):
@@ -75,7 +79,9 @@ SIGNAL_BATCH = 500
 # a continue-as-new meeting a signal) replays the whole history in one task. Thousands of
 # intents submitted at once made that replay outlast the task timeout, again and again.
 MAX_HISTORY_EVENTS = 2000
-BOUNDED_HISTORY_PATCH = "sync-bounded-history"
+# One round's budget, retries included: below the intents' staleness bound, so a failing
+# exchange is noticed (and the watched intents told their view lapsed) within about it.
+ROUND_BUDGET = timedelta(seconds=20)
 
 
 @workflow.defn(name="AccountSync")
@@ -87,7 +93,9 @@ class AccountSyncWorkflow:
         self.trade_cursor = dict(start.trade_cursor)
         self.round = start.round
         self.sync_requested = False
-        self.last_round_at: datetime | None = None
+        self.last_round_at: datetime | None = start.last_round_at
+        # The watched intents were told that no round completed since this time.
+        self.lapsed_since: datetime | None = start.lapsed_since
         self.last_error: str | None = None
         self.signals_sent = 0
         self.halt_reasons: dict[str, str] = dict(start.halts)
@@ -106,6 +114,8 @@ class AccountSyncWorkflow:
         self.watched[request.intent_id] = request.symbol
         self.owners.add(request.intent_id, request.exchange, request.placement)
         self.fresh.add(request.intent_id)
+        if self.lapsed_since is not None:
+            await self._signal(request.intent_id, "sync_lapsed", self.lapsed_since)
         reason = self._halt_reason(request.symbol)
         if reason is not None:
             await self._signal(request.intent_id, "halted", reason)
@@ -233,6 +243,8 @@ class AccountSyncWorkflow:
                             "exchanges": self._exchanges(),
                             "placements": {i: self.owners.placement(i) for i in self.watched},
                             "task_queue": kernel_queue,
+                            "last_round_at": self.last_round_at,
+                            "lapsed_since": self.lapsed_since,
                         }
                     ),
                     # A run on the kernel's queue moves to the syncs' own.
@@ -252,11 +264,9 @@ class AccountSyncWorkflow:
 
     def _history_full(self) -> bool:
         info = workflow.info()
-        if info.is_continue_as_new_suggested():
-            return True
-        # Patched: runs that went past the bound before it existed replay without it.
-        return info.get_current_history_length() >= MAX_HISTORY_EVENTS and workflow.patched(
-            BOUNDED_HISTORY_PATCH
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= MAX_HISTORY_EVENTS
         )
 
     def _kernel_queue(self) -> str:
@@ -291,8 +301,8 @@ class AccountSyncWorkflow:
                 task_queue=self._activity_queue(),
                 result_type=SyncResult,
                 # Short: a worker killed mid-round must not leave the account unobserved long.
-                start_to_close_timeout=timedelta(seconds=20),
-                schedule_to_close_timeout=timedelta(minutes=5),
+                start_to_close_timeout=timedelta(seconds=15),
+                schedule_to_close_timeout=ROUND_BUDGET,
                 retry_policy=EXCHANGE_RETRY,
                 summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
             )
@@ -302,11 +312,16 @@ class AccountSyncWorkflow:
                 intent_id = self.owners.owner_of_key(key)
                 if intent_id is not None:
                     self.fresh.add(intent_id)
+            await self._check_lapse()
             return
         self.last_error = None
         self.last_round_at = workflow.now()
         self.trade_cursor = dict(result.trade_cursor)
         sends = []
+        if self.lapsed_since is not None:
+            # The view is back: this round saw everything that changed during the gap.
+            self.lapsed_since = None
+            sends.extend(self._signal(i, "sync_lapsed", None) for i in list(self.watched))
         for order in result.changed:
             # None: not a watched intent's (another kernel's, by hand, or an opaque-form id
             # no watched intent claims).
@@ -332,6 +347,19 @@ class AccountSyncWorkflow:
         # In batches: Temporal refuses a workflow task that leaves more than 2,000 signals in
         # flight (limit.numPendingSignals), and a worker restart makes the first round signal
         # every watched intent; smaller tasks also stay clear of the deadlock detector.
+        for first in range(0, len(sends), SIGNAL_BATCH):
+            await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
+
+    async def _check_lapse(self) -> None:
+        """No round completed for longer than the intents' staleness bound: tell every
+        watched intent once (their state says `stale` until a round completes again)."""
+        if self.lapsed_since is not None:
+            return
+        since = self.last_round_at or workflow.info().start_time
+        if workflow.now() - since <= STALE_AFTER:
+            return
+        self.lapsed_since = since
+        sends = [self._signal(i, "sync_lapsed", since) for i in list(self.watched)]
         for first in range(0, len(sends), SIGNAL_BATCH):
             await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
 
