@@ -9,10 +9,12 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 
 from exchange_kernel.client import IntentClient
 from exchange_kernel.models import (
     GroupKind,
+    GroupState,
     IntentGroup,
     IntentStatus,
     OrderIntent,
@@ -20,6 +22,7 @@ from exchange_kernel.models import (
     OrderType,
     group_workflow_id,
 )
+from exchange_kernel.workflows.group import IntentGroupWorkflow
 from tests.conftest import Paper
 from tests.test_intents import record_workflow_history, resting
 
@@ -88,6 +91,38 @@ async def test_oco_race_both_legs_fill_in_one_move_is_reported_as_overfill(
     loser = f"{gid}.far" if final.triggered_by == f"{gid}.near" else f"{gid}.near"
     assert final.overfill == {loser: Decimal("0.01")}
     assert any("overfill" in note for note in final.notes)
+
+
+async def test_a_group_run_carrying_its_state_does_not_start_its_members_again(
+    intents: IntentClient, paper: Paper
+) -> None:
+    """What a continue-as-new (or the run before a reset) did is in the state it carries: this
+    run starts nothing, and still cancels the other member when one fills."""
+    await paper.move_price("BTC/USDT", "30000")
+    gid = group_id()
+    group = IntentGroup(
+        group_id=gid,
+        account="paper",
+        kind=GroupKind.OCO,
+        members=(leg(gid, "dip", "buy", "29000"), leg(gid, "rip", "sell", "31000")),
+    )
+    carried = GroupState(group=group, started=tuple(m.intent_id for m in group.members))
+    handle = await intents.temporal.start_workflow(
+        IntentGroupWorkflow.run,
+        args=[group, carried],
+        id=group_workflow_id(gid),
+        task_queue=intents.task_queue,
+    )
+    for member in group.member_intents():  # what the earlier run had started
+        await intents.submit(member)
+        await intents.wait_for(member.intent_id, resting)
+    await paper.move_price("BTC/USDT", "28990")
+    final = await asyncio.wait_for(intents.group_result(gid), 30)
+    assert final.triggered_by == f"{gid}.dip"
+    assert (await intents.state(f"{gid}.rip")).status is IntentStatus.CANCELED
+    history = await handle.fetch_history()
+    started = EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+    assert not [event for event in history.events if event.event_type == started]
 
 
 def eth_bracket(gid: str, account: str, market_stop: bool = False) -> IntentGroup:
