@@ -387,9 +387,10 @@ def modify(
 
     async def main() -> IntentState:
         client = await IntentClient.connect(address, namespace, profile=profile)
-        return await client.modify(
+        await client.modify(
             intent_id, price=change.price, amount=change.amount, stop_price=change.stop_price
         )
+        return await client.state(intent_id)
 
     show_state(run(main()), as_json)
 
@@ -408,7 +409,8 @@ def cancel(
 
     async def main() -> IntentState:
         client = await IntentClient.connect(address, namespace, profile=profile)
-        return await client.cancel(intent_id, reason)
+        await client.cancel(intent_id, reason)
+        return await client.state(intent_id)
 
     show_state(run(main()), as_json)
 
@@ -736,13 +738,18 @@ def state_table(state: IntentState) -> Table:
         rows.append(("stop", f"held by the workflow (nothing on the exchange): {condition}"))
     for field, value in rows:
         table.add_row(field, str(value))
+    if state.settled.placements:
+        settled = state.settled
+        table.add_row(
+            "earlier orders", f"{settled.placements} ended, {settled.filled} filled (compacted)"
+        )
     for placement in state.placements:
         order = placement.order
-        seen = (
-            f"{order.status.value} {order.filled}/{order.amount} @ {order.price}"
-            if order
-            else "unknown"
-        )
+        seen = f"{placement.phase.value}"
+        if order is not None:
+            seen = f"{seen}: {order.filled}/{order.amount} @ {order.price}"
+        if placement.observed_at is not None:
+            seen = f"{seen} (seen {placement.observed_at:%H:%M:%S})"
         table.add_row(f"order {placement.client_order_id}", seen)
     for record in state.recent_actions[-5:]:
         table.add_row(f"{record.at:%H:%M:%S} {record.action}", record.reason)

@@ -60,7 +60,7 @@ from exchange_kernel.models import (
     group_workflow_id,
     workflow_id_for,
 )
-from exchange_kernel.reconcile import POLL_FIRST, increases_risk
+from exchange_kernel.reconcile import POLL_FIRST, increases_risk, refresh
 from exchange_kernel.repair import last_task_failure
 from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
@@ -457,9 +457,13 @@ class IntentClient:
     # --- reading -------------------------------------------------------------------------------
 
     async def state(self, intent_id: str) -> IntentState:
+        """The intent's state, its reconciliation status as of now: the workflow computed it at
+        its last step, and a view that has aged past `reconcile.STALE_AFTER` since then (a
+        lookup in flight against a failing exchange) reads `stale`."""
         handle = self._handle(intent_id)
         try:
-            return await handle.query("state", result_type=IntentState)
+            state = await handle.query("state", result_type=IntentState)
+            return refresh(state, datetime.now(UTC))
         except RPCError as exc:
             raise await self._not_found(intent_id, exc, handle.id) from None
         except WorkflowQueryFailedError as exc:

@@ -101,6 +101,9 @@ class Cancel(Value):
 class Lookup(Value):
     kind: Literal["lookup"] = "lookup"
     number: int
+    # A poll or a resync of an order resting as desired: nothing diverges, the view is renewed
+    # (the intent stays `in_sync`); otherwise an outcome is unknown until the lookup answers.
+    routine: bool = False
     reason: str
 
 
@@ -447,7 +450,9 @@ def _plan_live(state: IntentState, current: Placement, now: datetime) -> Action:
     if state.resync_at is not None and (
         current.observed_at is None or current.observed_at < state.resync_at
     ):
-        return Lookup(number=current.number, reason="resync: look at the exchange now")
+        return Lookup(
+            number=current.number, routine=True, reason="resync: look at the exchange now"
+        )
     if not _rests(state):
         return _wait(state, current, now, "waiting for the exchange to finish the order")
     wanted_remaining = desired.amount - state.filled
@@ -481,10 +486,12 @@ def _wait(state: IntentState, current: Placement, now: datetime, reason: str) ->
         return watch
     after = _until_expiry(state, now)
     if not state.watched:
-        seen = current.observed_at or now
-        due = seen + state.poll_interval
+        seen = current.observed_at
+        due = now if seen is None else seen + state.poll_interval
         if due <= now:
-            return Lookup(number=current.number, reason=f"poll ({state.poll_interval} since)")
+            return Lookup(
+                number=current.number, routine=True, reason=f"poll ({state.poll_interval} since)"
+            )
         after = due - now if after is None else min(after, due - now)
     return Wait(after=after, reason=reason)
 
@@ -665,7 +672,9 @@ def record(
     state: IntentState, action: Action, outcome: Outcome | None, now: datetime
 ) -> IntentState:
     """Record what executing `action` gave (after `begin`). The one recorder of the workflow and
-    of the property test."""
+    of the property test. `now` is when the request was sent: an answer shows the exchange as
+    of some moment after it, so a resync (or a change) that arrived while the call was under
+    way is not taken as covered by it."""
     if isinstance(outcome, Unanswered):
         return refresh(_unanswered(state, action, outcome.error, now), now)
     match action:
@@ -1102,7 +1111,7 @@ def reconciliation(state: IntentState, now: datetime) -> ReconciliationStatus:
         return ReconciliationStatus.UNKNOWN
     action = _converge(state.model_copy(update={"status": IntentStatus.PENDING}), now)
     settled = isinstance(action, Wait | WatchPrice | Watch) or (
-        isinstance(action, Lookup) and action.reason.startswith("poll")
+        isinstance(action, Lookup) and action.routine
     )
     if not settled:
         return ReconciliationStatus.RECONCILING

@@ -41,7 +41,7 @@ from temporalio.worker import (
 
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.client import IntentClient
-from exchange_kernel.models import IntentChange, IntentState, workflow_id_for
+from exchange_kernel.models import IntentBrief, IntentChange, workflow_id_for
 from exchange_kernel.worker.run import WORKFLOWS, build_worker
 from tests.conftest import Paper, eventually
 from tests.test_intents import new_intent, record_history, resting
@@ -299,7 +299,7 @@ async def test_an_intent_updated_on_a_cold_start_after_a_resync_during_a_look_re
     # Straight to the update: `IntentClient.modify` reads the state first, and that query
     # would load the run before the update's task comes.
     changed = await handle.execute_update(
-        "modify", IntentChange(price=Decimal("28100")), result_type=IntentState
+        "modify", IntentChange(price=Decimal("28100")), result_type=IntentBrief
     )
     assert loads[run_id] == loaded + 1  # the update's task was a cold start
     history = await handle.fetch_history()

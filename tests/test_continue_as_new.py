@@ -25,7 +25,6 @@ from exchange_kernel.worker import build_worker
 from exchange_kernel.worker.run import WORKFLOW_RUNNER
 from exchange_kernel.workflows import account_sync
 from exchange_kernel.workflows.account_sync import (
-    BOUNDED_HISTORY_PATCH,
     AccountSyncStart,
     AccountSyncStatus,
     AccountSyncWorkflow,
@@ -150,13 +149,12 @@ async def sync_round_reached(handle: WorkflowHandle[Any, Any], round: int) -> bo
 BOUND = 100
 
 
-async def test_the_sync_continues_as_new_past_its_bound_and_older_runs_replay(
+async def test_the_sync_continues_as_new_past_its_bound(
     temporal_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sync continues as new once its history passes `MAX_HISTORY_EVENTS`, well before
-    Temporal suggests it; a run that went past the bound before it existed (no patch marker)
-    still replays. Each `sync_now` signal to an idle sync (nothing watched) adds an event or
-    a few to its history."""
+    Temporal suggests it, and the run replays. Each `sync_now` signal to an idle sync (nothing
+    watched) adds an event or a few to its history."""
     queue = f"sync-bound-{uuid.uuid4().hex[:8]}"
     start = AccountSyncStart(account="bound", interval=timedelta(hours=1))
     replayer = Replayer(
@@ -164,24 +162,13 @@ async def test_the_sync_continues_as_new_past_its_bound_and_older_runs_replay(
         data_converter=pydantic_data_converter,
         workflow_runner=WORKFLOW_RUNNER,
     )
+    monkeypatch.setattr(account_sync, "MAX_HISTORY_EVENTS", BOUND)
     async with Worker(
         temporal_client,
         task_queue=queue,
         workflows=[AccountSyncWorkflow],
         workflow_runner=WORKFLOW_RUNNER,
     ):
-        # The code before the bound: far past it, no continue-as-new.
-        monkeypatch.setattr(account_sync, "MAX_HISTORY_EVENTS", 10**6)
-        old = await temporal_client.start_workflow(
-            AccountSyncWorkflow.run, start, id=f"{queue}-old", task_queue=queue
-        )
-        await grow_history(old, 2 * BOUND)
-        await old.terminate("recorded")
-        old_history = await old.fetch_history()
-
-        monkeypatch.setattr(account_sync, "MAX_HISTORY_EVENTS", BOUND)
-        await replayer.replay_workflow(old_history)  # the patch keeps the old run's path
-
         new = await temporal_client.start_workflow(
             AccountSyncWorkflow.run, start, id=f"{queue}-new", task_queue=queue
         )
@@ -192,12 +179,6 @@ async def test_the_sync_continues_as_new_past_its_bound_and_older_runs_replay(
     events = list(first_history.events)
     assert events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     assert BOUND <= len(events) < 2 * BOUND, len(events)  # Temporal suggests it in thousands
-    markers = [
-        str(e.marker_recorded_event_attributes)
-        for e in events
-        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
-    ]
-    assert any(BOUNDED_HISTORY_PATCH in m for m in markers), markers
     await replayer.replay_workflow(first_history)
 
 

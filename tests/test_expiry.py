@@ -25,6 +25,7 @@ from exchange_kernel.client import IntentClient
 from exchange_kernel.connection import account_task_queue
 from exchange_kernel.devserver import start_time_skipping_environment
 from exchange_kernel.models import IntentStatus, WatchRequest, account_sync_id
+from exchange_kernel.reconcile import POLL_CEILING
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
 from tests.conftest import Paper, paper_accounts
 from tests.test_intents import new_intent
@@ -135,7 +136,7 @@ async def test_polling_backs_off_to_its_ceiling(
     skipping_env: WorkflowEnvironment, expiry_worker: IntentClient, paper: Paper
 ) -> None:
     """Without an account sync, a resting intent looks at its order after 1 s, then doubling,
-    never less often than every 30 s (the timers in its history say so)."""
+    never less often than every POLL_CEILING (the timers in its history say so)."""
     intents = expiry_worker
     await paper.move_price("BTC/USDT", "30000")
     intent = new_intent(price="21000", account="paper-replace")  # no sync for this account
@@ -149,8 +150,10 @@ async def test_polling_backs_off_to_its_ceiling(
         for event in history.events
         if event.HasField("timer_started_event_attributes")
     ]
-    seconds = [t.total_seconds() for t in timers]
-    assert seconds[:6] == [1, 2, 4, 8, 16, 30], seconds
-    assert all(s == 30 for s in seconds[6:]), seconds
+    # Each wait is the interval since the last look was asked for, less the look's own time.
+    seconds = [round(t.total_seconds()) for t in timers]
+    ceiling = round(POLL_CEILING.total_seconds())
+    assert seconds[:5] == [1, 2, 4, 8, ceiling], seconds
+    assert all(s == ceiling for s in seconds[5:]), seconds
     assert len(seconds) >= 8
     await intents.signal_cancel(intent.intent_id)

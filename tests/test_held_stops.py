@@ -195,7 +195,8 @@ async def test_cancelling_a_held_stop_ends_cancelled_with_no_exchange_order(
     await paper.move_price("SOL/USDT", "93")  # through the old stop, not the new one
     await stays_off_the_exchange(paper, intent.intent_id)
 
-    cancelling = await intents.cancel(intent.intent_id, "strategy stopped")
+    await intents.cancel(intent.intent_id, "strategy stopped")
+    cancelling = await intents.state(intent.intent_id)
     assert cancelling.cancel_reason == "strategy stopped"
     final = await asyncio.wait_for(intents.result(intent.intent_id), 30)
     assert final.status is IntentStatus.CANCELED

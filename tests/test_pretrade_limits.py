@@ -34,6 +34,7 @@ from exchange_kernel.models import (
     OrderIntent,
     OrderSpec,
     Placement,
+    PlacementPhase,
 )
 from exchange_kernel.sim import binance_client, running_sim
 from exchange_kernel.worker import build_worker
@@ -424,11 +425,11 @@ def test_a_replacement_is_measured_against_what_the_intent_cancelled() -> None:
         number=1, client_order_id="b", revision=1, price=spec.price, amount=old.amount
     )
     assert replaced_notional(state, first) == 0
-    cancelled = first.model_copy(update={"order": old, "cancel_requested": True})
+    cancelled = first.model_copy(update={"order": old, "phase": PlacementPhase.CANCELED})
     state = state.model_copy(update={"placements": (cancelled, second)})
     assert replaced_notional(state, second) == Decimal("0.015") * Decimal("29000")
     # Cancelled by someone else: re-placing it (restore) adds what is no longer on the book.
-    external = cancelled.model_copy(update={"cancel_requested": False})
+    external = cancelled.model_copy(update={"phase": PlacementPhase.CANCELED_ELSEWHERE})
     assert (
         replaced_notional(state.model_copy(update={"placements": (external, second)}), second) == 0
     )

@@ -252,9 +252,10 @@ class OrderIntentWorkflow:
             if isinstance(action, reconcile.Wait):
                 await self._wait(action)
                 continue
-            self.state = reconcile.begin(self.state, action, workflow.now())
+            asked_at = workflow.now()
+            self.state = reconcile.begin(self.state, action, asked_at)
             outcome = await self._execute(action)
-            self.state = reconcile.record(self.state, action, outcome, workflow.now())
+            self.state = reconcile.record(self.state, action, outcome, asked_at)
 
     def _run_full(self, start: IntentStart) -> bool:
         """Continue as new at a quiet moment (nothing pending) past the run's event bound."""
