@@ -168,6 +168,64 @@ routes.get("/api/v3/ticker/bookTicker")(_per_symbol(wire.book_ticker))
 routes.get("/api/v3/ticker/24hr")(_per_symbol(wire.ticker_24hr))
 
 
+@routes.get("/api/v3/aggTrades")
+async def agg_trades(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    p = await _public_params(request)
+    trades = state.exchange.public_trades(
+        params.symbol(p),
+        from_id=params.integer(p, "fromId"),
+        start_time=params.integer(p, "startTime"),
+        end_time=params.integer(p, "endTime"),
+        limit=params.limit(p, default=500, maximum=1000),
+    )
+    return _json([wire.agg_trade(t) for t in trades])
+
+
+@routes.get("/api/v3/trades")
+async def recent_trades(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    p = await _public_params(request)
+    trades = state.exchange.public_trades(
+        params.symbol(p), limit=params.limit(p, default=500, maximum=1000)
+    )
+    return _json([wire.public_trade(t) for t in trades])
+
+
+@routes.get("/api/v3/historicalTrades")
+async def historical_trades(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    p = await _public_params(request)
+    trades = state.exchange.public_trades(
+        params.symbol(p),
+        from_id=params.integer(p, "fromId"),
+        limit=params.limit(p, default=500, maximum=1000),
+    )
+    return _json([wire.public_trade(t) for t in trades])
+
+
+@routes.get("/api/v3/klines")
+async def klines(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    p = await _public_params(request)
+    symbol = params.symbol(p)
+    interval = params.text(p, "interval", required=True)
+    assert interval is not None
+    candles = state.exchange.candles(
+        symbol,
+        interval,
+        start_time=params.integer(p, "startTime"),
+        end_time=params.integer(p, "endTime"),
+        limit=params.limit(p, default=500, maximum=1000),
+    )
+    return _json([wire.kline(c) for c in candles])
+
+
+@routes.get("/sapi/v1/system/status")
+async def system_status(request: web.Request) -> web.Response:
+    return _json({"status": 0, "msg": "normal"})
+
+
 # ---------------------------------------------------------------------- trading
 
 
@@ -311,6 +369,15 @@ async def account_info(state: SimState, account: Account, p: params.Params) -> w
             b for b in body["balances"] if b["free"] != wire.fmt(0) or b["locked"] != wire.fmt(0)
         ]
     return _json(body)
+
+
+@routes.get("/sapi/v1/asset/tradeFee")
+@signed
+async def trade_fee(state: SimState, account: Account, p: params.Params) -> web.Response:
+    exchange = state.exchange
+    symbol = params.text(p, "symbol")
+    specs = [exchange.spec(symbol)] if symbol is not None else exchange.symbols
+    return _json([wire.trade_fee(spec, exchange.fee_rate) for spec in specs])
 
 
 def _order_ids(p: params.Params) -> tuple[int | None, str | None]:

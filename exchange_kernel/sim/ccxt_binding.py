@@ -25,6 +25,16 @@ _SIM_OPTIONS: dict[str, Any] = {
     "fetchMargins": False,
 }
 
+# What the venue is: spot markets only. ccxt's binance declares margin, swap, future and option
+# markets too; a client (or ccxt's own exchange tests) would expect to find some.
+_SIM_HAS: dict[str, Any] = {
+    "spot": True,
+    "margin": False,
+    "swap": False,
+    "future": False,
+    "option": False,
+}
+
 
 class _LoopbackBinance(ccxt_async.binance):
     """ccxt's binance, unchanged except for how it picks the per-market error table.
@@ -57,12 +67,13 @@ def _rebase(url: str, base_url: str) -> str:
 def binance_client(base_url: str, api_key: str, secret: str, **config: Any) -> ccxt_async.binance:
     """An async ccxt binance client whose every API URL points at `base_url`.
 
-    `config` is passed to the ccxt constructor; its `options` are merged over the sim's
-    (spot-only market loading, no sapi currency calls). Close the client with `await
+    `config` is passed to the ccxt constructor; its `options` and `has` are merged over the
+    sim's (spot-only markets, no sapi currency calls). Close the client with `await
     client.close()`.
     """
     base_url = base_url.rstrip("/")
     options = {**_SIM_OPTIONS, **config.pop("options", {})}
+    has = {**_SIM_HAS, **config.pop("has", {})}
     settings: dict[str, Any] = {
         "apiKey": api_key,
         "secret": secret,
@@ -71,6 +82,7 @@ def binance_client(base_url: str, api_key: str, secret: str, **config: Any) -> c
         "rateLimit": 5,
         **config,
         "options": options,
+        "has": has,
     }
     client = _LoopbackBinance(settings)
     client.sim_base_url = base_url

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 
 from exchange_kernel.sim import errors
+from exchange_kernel.sim.candles import Candle, build_candles
 from exchange_kernel.sim.errors import BinanceError
 from exchange_kernel.sim.model import (
     OPEN_STATUSES,
@@ -371,6 +372,8 @@ class Exchange:
         now = self.now()
         market.last = price
         market.price_history.append((now, price))
+        # The book moved with the price (the counterparty's quotes): a new lastUpdateId.
+        self._next_seq()
 
         on_symbol = sorted(
             (o for o in self._open.values() if o.symbol == symbol), key=lambda o: o.order_id
@@ -416,13 +419,21 @@ class Exchange:
     def book(
         self, symbol: str, limit: int = 100
     ) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
-        """Bids and asks: resting orders plus the counterparty quoting the last price."""
+        """Bids and asks: resting orders plus the counterparty quoting around the last price.
+
+        The counterparty shows one tick either side of the last price, so the book has a
+        spread like a real one; an arriving order that reaches the last price still takes at
+        the last price (the middle of that quote), as documented at the top of this module.
+        """
         market = self._market(symbol)
+        spec = market.spec
         depth = market.taker_liquidity
         if depth is None:
-            depth = market.spec.market_max_qty
-        bids: dict[Decimal, Decimal] = {market.last: depth}
-        asks: dict[Decimal, Decimal] = {market.last: depth}
+            depth = spec.market_max_qty
+        bids: dict[Decimal, Decimal] = {}
+        asks: dict[Decimal, Decimal] = {market.last + spec.tick_size: depth}
+        if market.last - spec.tick_size >= spec.min_price:
+            bids[market.last - spec.tick_size] = depth
         for order in self._open.values():
             if order.symbol != symbol or not order.is_working:
                 continue
@@ -432,6 +443,75 @@ class Exchange:
             sorted(bids.items(), key=lambda kv: -kv[0])[:limit],
             sorted(asks.items(), key=lambda kv: kv[0])[:limit],
         )
+
+    def public_trades(
+        self,
+        symbol: str,
+        *,
+        from_id: int | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int = 500,
+    ) -> list[Trade]:
+        """Every fill on the symbol, whoever's: the market's public tape (the counterparty is
+        the other side of each)."""
+        self._market(symbol)
+        selected = [
+            t
+            for t in self.trades
+            if t.symbol == symbol
+            and (from_id is None or t.trade_id >= from_id)
+            and (start_time is None or t.time >= start_time)
+            and (end_time is None or t.time <= end_time)
+        ]
+        if from_id is not None or start_time is not None:
+            return selected[:limit]
+        return selected[-limit:]
+
+    def candles(
+        self,
+        symbol: str,
+        interval: str,
+        *,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        limit: int = 500,
+    ) -> list[Candle]:
+        """Binance klines from the last-price history and the fills (volume)."""
+        market = self._market(symbol)
+        return build_candles(
+            market.price_history,
+            [t for t in self.trades if t.symbol == symbol],
+            interval,
+            now=self.now(),
+            start_time=start_time,
+            end_time=end_time,
+            limit=limit,
+        )
+
+    def set_balances(
+        self, api_key: str, balances: Mapping[str, Decimal], *, at_start: bool = False
+    ) -> Account:
+        """Set these assets' free balances of one account (the others are left alone).
+
+        The difference comes from (or goes to) the counterparty, so the conservation rule of
+        this module still holds. `at_start`: also the balances `reset()` goes back to.
+        """
+        account = self._account(api_key)
+        unknown = sorted(set(balances) - set(self.assets))
+        if unknown:
+            raise ValueError(f"unknown assets: {', '.join(unknown)}")
+        for asset, amount in balances.items():
+            if amount < 0:
+                raise ValueError(f"{asset}: a balance must not be negative")
+        for asset, amount in balances.items():
+            balance = account.balance(asset)
+            self.counterparty[asset] -= amount - balance.free
+            balance.free = amount
+        if at_start:
+            secret, template = self._account_templates[api_key]
+            self._account_templates[api_key] = (secret, {**template, **balances})
+        return account
 
     def stats_24h(self, symbol: str) -> Stats24h:
         market = self._market(symbol)

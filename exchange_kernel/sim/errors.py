@@ -109,6 +109,10 @@ def illegal_characters(param: str, pattern: str) -> BinanceError:
     )
 
 
+def invalid_interval() -> BinanceError:
+    return BinanceError(-1120, "Invalid interval.")
+
+
 def bad_limit(param: str = "limit") -> BinanceError:
     return BinanceError(-1100, f"Illegal characters found in parameter '{param}'.")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from exchange_kernel.sim.candles import Candle
 from exchange_kernel.sim.engine import Exchange
-from exchange_kernel.sim.model import Account, Order, OrderType, Trade
+from exchange_kernel.sim.model import Account, Order, OrderType, Side, Trade
 from exchange_kernel.sim.symbols import ORDER_TYPES, SymbolSpec
 
 
@@ -127,6 +128,63 @@ def my_trade(trade: Trade) -> dict[str, Any]:
         "isMaker": trade.is_maker,
         "isBestMatch": True,
     }
+
+
+def _buyer_is_maker(trade: Trade) -> bool:
+    # The exchange is the other side of every fill: the buyer made the price when the account
+    # bought as maker, or sold as taker into the exchange's bid.
+    return (trade.side is Side.BUY) == trade.is_maker
+
+
+def agg_trade(trade: Trade) -> dict[str, Any]:
+    """GET /api/v3/aggTrades element: each fill is its own aggregate (one taker, one price)."""
+    return {
+        "a": trade.trade_id,
+        "p": fmt(trade.price),
+        "q": fmt(trade.qty),
+        "f": trade.trade_id,
+        "l": trade.trade_id,
+        "T": trade.time,
+        "m": _buyer_is_maker(trade),
+        "M": True,
+    }
+
+
+def public_trade(trade: Trade) -> dict[str, Any]:
+    """GET /api/v3/trades and /api/v3/historicalTrades element."""
+    return {
+        "id": trade.trade_id,
+        "price": fmt(trade.price),
+        "qty": fmt(trade.qty),
+        "quoteQty": fmt(trade.quote_qty),
+        "time": trade.time,
+        "isBuyerMaker": _buyer_is_maker(trade),
+        "isBestMatch": True,
+    }
+
+
+def kline(candle: Candle) -> list[Any]:
+    """GET /api/v3/klines element, Binance's twelve columns."""
+    return [
+        candle.open_time,
+        fmt(candle.open),
+        fmt(candle.high),
+        fmt(candle.low),
+        fmt(candle.close),
+        fmt(candle.volume),
+        candle.close_time,
+        fmt(candle.quote_volume),
+        candle.count,
+        fmt(candle.taker_buy_volume),
+        fmt(candle.taker_buy_quote_volume),
+        "0",
+    ]
+
+
+def trade_fee(spec: SymbolSpec, fee_rate: Decimal) -> dict[str, Any]:
+    """GET /sapi/v1/asset/tradeFee element."""
+    rate = f"{fee_rate.normalize():f}"
+    return {"symbol": spec.symbol, "makerCommission": rate, "takerCommission": rate}
 
 
 def account_info(account: Account, fee_rate: Decimal, now: int) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""A fresh sim per test, the real ccxt binance client on it, and its admin API."""
+"""A fresh sim per test, the real ccxt binance client on it, and its admin API.
+
+Also the tally of ccxt's own exchange tests (`test_ccxt_exchange_suite.py`, marker
+`ccxt_suite`), printed at the end of every run that ran any of them.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ from exchange_kernel.sim import (
     running_sim,
 )
 from exchange_kernel.sim.admin_client import AdminClient
+
+CCXT_SUITE_MARKER = "ccxt_suite"
+# nodeid -> passed, for the tests marked ccxt_suite (a failed setup counts as a failure).
+_ccxt_suite_outcomes: dict[str, bool] = {}
 
 SECOND_KEY = "second-key"
 SECOND_SECRET = "second-secret"
@@ -62,3 +70,27 @@ async def client(make_client: Any) -> ccxt_async.binance:
     exchange = make_client()
     await exchange.load_markets()
     return exchange
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{CCXT_SUITE_MARKER}: one of ccxt's own exchange tests, run on the sim"
+    )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if CCXT_SUITE_MARKER not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _ccxt_suite_outcomes[report.nodeid] = report.passed
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _ccxt_suite_outcomes:
+        return
+    passed = sum(_ccxt_suite_outcomes.values())
+    total = len(_ccxt_suite_outcomes)
+    terminalreporter.write_line(f"ccxt's own exchange tests: {passed} of {total} pass")
+    for nodeid, ok in _ccxt_suite_outcomes.items():
+        if not ok:
+            terminalreporter.write_line(f"  failed: {nodeid}")

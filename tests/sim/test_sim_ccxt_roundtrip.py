@@ -55,7 +55,9 @@ async def test_fetch_ticker_follows_the_last_price(
     assert ticker["high"] == approx(31500)
     assert ticker["low"] == approx(30000)
     assert ticker["percentage"] == approx(3.333, abs=0.001)
-    assert ticker["bid"] == approx(31000) and ticker["ask"] == approx(31000)
+    # The counterparty quotes one tick either side of the last price.
+    assert ticker["bid"] == approx(30999.99, abs=1e-9)
+    assert ticker["ask"] == approx(31000.01, abs=1e-9)
     assert ticker["timestamp"] == approx(time.time() * 1000, abs=5000)
 
 
@@ -67,9 +69,9 @@ async def test_fetch_order_book_shows_resting_orders_around_the_last_price(
     await client.create_order(BTC, "limit", "sell", 0.25, 31000)
     book = await client.fetch_order_book(BTC, limit=5)
     assert book["symbol"] == BTC
-    # The sim's counterparty quotes the last price on both sides.
-    assert book["bids"][0][0] == approx(30000)
-    assert book["asks"][0][0] == approx(30000)
+    # The sim's counterparty quotes one tick either side of the last price: a real spread.
+    assert book["bids"][0][0] == approx(29999.99, abs=1e-9)
+    assert book["asks"][0][0] == approx(30000.01, abs=1e-9)
     assert [29000, 0.75] in [[approx(p), approx(q)] for p, q in book["bids"]]
     assert book["bids"][1] == [approx(29000), approx(0.75)]
     assert book["asks"][1] == [approx(31000), approx(0.25)]
@@ -386,7 +388,8 @@ async def test_tickers_prices_and_time_difference(client: ccxt_async.binance) ->
     assert set(tickers) == {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
     assert tickers["SOL/USDT"]["last"] == approx(100)
     bids_asks = await client.fetch_bids_asks([BTC, "ETH/USDT"])
-    assert bids_asks["ETH/USDT"]["bid"] == approx(2000)
+    assert bids_asks["ETH/USDT"]["bid"] == approx(1999.99, abs=1e-9)
+    assert bids_asks["ETH/USDT"]["ask"] == approx(2000.01, abs=1e-9)
     last_prices = await client.fetch_last_prices([BTC])
     assert last_prices[BTC]["price"] == approx(30000)
     difference = await client.load_time_difference()
