@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -22,7 +23,7 @@ from exchange_kernel.connection import sync_task_queue
 from exchange_kernel.devserver import start_local_environment
 from exchange_kernel.models import IntentStatus, account_sync_id, client_order_id
 from exchange_kernel.worker import build_worker
-from exchange_kernel.worker.run import WORKFLOW_RUNNER
+from exchange_kernel.worker.run import WORKFLOW_RUNNER, ensure_account_syncs
 from exchange_kernel.workflows import account_sync
 from exchange_kernel.workflows.account_sync import (
     AccountSyncStart,
@@ -194,3 +195,142 @@ async def grow_history(
             if not until_moved and len(history.events) >= length:
                 return
             await asyncio.gather(*(handle.signal("sync_now") for _ in range(10)))
+
+
+# --- every decision input survives a continue-as-new -------------------------------------------
+# Past 60 events the server suggests continuing as new, and the intent does so at its next
+# quiet moment: these intents continue as new at nearly every wait.
+
+
+async def activity_inputs(client: Client, workflow_id: str, activity: str) -> list[dict[str, Any]]:
+    """The inputs of `activity` over every run of the workflow, oldest first."""
+    inputs: list[dict[str, Any]] = []
+    runs = [r async for r in client.list_workflows(f'WorkflowId="{workflow_id}"')]
+    for run in sorted(runs, key=lambda r: r.start_time):
+        history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+        for event in history.events:
+            if not event.HasField("activity_task_scheduled_event_attributes"):
+                continue
+            attributes = event.activity_task_scheduled_event_attributes
+            if attributes.activity_type.name == activity:
+                inputs.append(json.loads(attributes.input.payloads[0].data))
+    return inputs
+
+
+async def looks_completed(client: Client, workflow_id: str) -> int:
+    """Completed `fetch_order` activities over every run of the workflow."""
+    done = 0
+    runs = [r async for r in client.list_workflows(f'WorkflowId="{workflow_id}"')]
+    for run in runs:
+        history = await client.get_workflow_handle(workflow_id, run_id=run.run_id).fetch_history()
+        looks = {
+            e.event_id
+            for e in history.events
+            if e.HasField("activity_task_scheduled_event_attributes")
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "fetch_order"
+        }
+        done += sum(
+            1
+            for e in history.events
+            if e.HasField("activity_task_completed_event_attributes")
+            and e.activity_task_completed_event_attributes.scheduled_event_id in looks
+        )
+    return done
+
+
+async def runs_of(client: Client, workflow_id: str) -> int:
+    return len([r async for r in client.list_workflows(f'WorkflowId="{workflow_id}"')])
+
+
+async def grow_intent_history(intents: IntentClient, intent_id: str, runs: int) -> None:
+    """Resync (a look each: a few events) until the intent has continued as new `runs` times."""
+    client = intents.temporal
+    async with asyncio.timeout(60):
+        while await runs_of(client, f"intent-{intent_id}") <= runs:
+            await intents.resync(intent_id)
+            await asyncio.sleep(0.05)
+    await intents.wait_for(intent_id, resting)
+
+
+async def grow_run_to_the_brink(intents: IntentClient, intent_id: str) -> None:
+    """Resync until the current run waits with 50-59 events: the server suggests continuing
+    as new from 60, so the next look (about ten events) takes it past the suggestion."""
+    handle = intents.temporal.get_workflow_handle(f"intent-{intent_id}")
+    async with asyncio.timeout(60):
+        while True:
+            events = list((await handle.fetch_history()).events)
+            quiet = events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+            if quiet and 50 <= len(events) < 60:
+                return
+            if quiet:
+                await intents.resync(intent_id)
+            await asyncio.sleep(0.2)
+
+
+async def test_a_resync_pending_when_the_intent_continues_as_new_is_still_acted_on(
+    short_history_env: WorkflowEnvironment, paper: Paper
+) -> None:
+    """A resync that lands while the intent looks at the exchange is acted on after the look,
+    even when the intent continues as new right then (the look takes its run past the
+    server's suggestion). Watched by the account sync, the intent
+    waits with no timeout: a resync held outside the state carried over was lost, and the
+    second look never came."""
+    client = short_history_env.client
+    pool = ExchangePool(paper_accounts(paper.base_url))
+    intents = IntentClient(client, QUEUE)
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="28000")
+    try:
+        async with build_worker(client, pool, QUEUE):
+            await ensure_account_syncs(client, ["paper"], QUEUE)
+            await intents.submit(intent)
+            await intents.wait_for(intent.intent_id, resting)
+            await grow_run_to_the_brink(intents, intent.intent_id)
+            before = await looks_completed(client, intent.workflow_id)
+            await paper.faults(latency_ms=[1500, 1500], endpoints=["GET /api/v3/order"])
+            try:
+                await intents.resync(intent.intent_id)
+                await asyncio.sleep(0.5)  # the first look is under way (1.5 s)
+                await intents.resync(intent.intent_id)
+
+                async def both_looks() -> bool:
+                    return await looks_completed(client, intent.workflow_id) >= before + 2
+
+                await eventually(both_looks, within=30)
+            finally:
+                await paper.faults()
+            await intents.cancel(intent.intent_id)
+            await intents.result(intent.intent_id)
+            await client.get_workflow_handle(account_sync_id("paper")).terminate("test done")
+    finally:
+        await pool.close()
+
+
+async def test_a_repaired_intent_that_continues_as_new_still_looks_before_placing(
+    short_history_env: WorkflowEnvironment, paper: Paper
+) -> None:
+    """After `exchange-kernel repair`, every placement looks its client order id up before
+    creating (an order of the discarded history may exist under it). That holds in the runs
+    after a continue-as-new too: a flag kept outside the state was lost there."""
+    client = short_history_env.client
+    pool = ExchangePool(paper_accounts(paper.base_url))
+    intents = IntentClient(client, QUEUE)
+    await paper.move_price("BTC/USDT", "30000")
+    intent = new_intent(price="28000", account="paper-replace")
+    try:
+        async with build_worker(client, pool, QUEUE):
+            await intents.submit(intent)
+            await intents.wait_for(intent.intent_id, resting)
+            await client.get_workflow_handle(intent.workflow_id).signal("repaired", "test")
+            await grow_intent_history(intents, intent.intent_id, runs=1)
+            await intents.modify(intent.intent_id, price="28100")  # cancel, then place again
+            await intents.wait_for(
+                intent.intent_id,
+                lambda s: resting(s) and s.placements[-1].price == Decimal("28100"),
+            )
+            placed = await activity_inputs(client, intent.workflow_id, "place_order")
+            assert [p["may_exist"] for p in placed] == [False, True], placed
+            await intents.cancel(intent.intent_id)
+            await intents.result(intent.intent_id)
+    finally:
+        await pool.close()
