@@ -161,6 +161,49 @@ def money(value: str | None, name: str) -> Decimal | None:
 # --- running the kernel ------------------------------------------------------------------------
 
 
+FeedOption = Annotated[
+    str | None,
+    typer.Option(
+        "--feed",
+        metavar="random-walk|FILE.csv",
+        help="move the markets: a random walk of every symbol, or OHLCV candles replayed from "
+        "a CSV file (timestamp,open,high,low,close[,volume]; examples/feeds/btcusdt-1m.csv); "
+        "the price moves fill crossing orders like POST /sim/v1/price",
+    ),
+]
+SeedOption = Annotated[
+    int | None, typer.Option(help="random walk seed: the same seed walks the same path")
+]
+VolatilityOption = Annotated[
+    str, typer.Option(help="random walk: relative standard deviation of one step")
+]
+IntervalOption = Annotated[
+    float, typer.Option(min=0.001, help="seconds per random-walk step, or per replayed candle")
+]
+FeedSymbolOption = Annotated[str, typer.Option(help="the symbol a CSV feed moves")]
+LoopOption = Annotated[bool, typer.Option("--loop", help="replay the CSV file again at its end")]
+
+
+def _feed(
+    feed: str | None, seed: int | None, volatility: str, interval: float, symbol: str, loop: bool
+) -> Any:
+    """The market feed of `sim` and `dev`, refused before anything starts if unusable."""
+    from exchange_kernel.sim import Exchange
+    from exchange_kernel.sim.feed import feed_from_options
+
+    rate = money(volatility, "volatility")
+    assert rate is not None
+    try:
+        market_feed = feed_from_options(
+            feed, seed=seed, volatility=rate, interval=interval, symbol=symbol, loop=loop
+        )
+        if market_feed is not None:
+            market_feed.check(Exchange())  # the paper exchange's markets
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    return market_feed
+
+
 @app.command()
 def sim(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -170,21 +213,44 @@ def sim(
         typer.Option("--account", help="extra account KEY:SECRET (repeatable)"),
     ] = None,
     fee: Annotated[str, typer.Option(help="fee rate charged on every fill")] = "0.001",
+    balance: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--balance",
+            metavar="KEY:ASSET=AMOUNT",
+            help="an account's free balance of an asset at start (repeatable); "
+            "POST /sim/v1/balances changes them later",
+        ),
+    ] = None,
+    feed: FeedOption = None,
+    seed: SeedOption = None,
+    volatility: VolatilityOption = "0.001",
+    interval: IntervalOption = 1.0,
+    feed_symbol: FeedSymbolOption = "BTCUSDT",
+    loop: LoopOption = False,
 ) -> None:
     """Run the paper exchange (Binance spot REST API on HTTP) until Ctrl-C."""
-    from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET
+    from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, SimServer
     from exchange_kernel.sim import run as run_sim
+    from exchange_kernel.sim.server import parse_accounts, parse_balances
 
     fee_rate = money(fee, "fee")
     assert fee_rate is not None
     for item in account or []:
         if ":" not in item:
             raise fail(f"--account {item!r}: expected KEY:SECRET", 2)
+    market_feed = _feed(feed, seed, volatility, interval, feed_symbol, loop)
+    try:
+        balances = parse_balances(balance)
+        # Unknown accounts or assets are refused here, not after the banner.
+        SimServer(accounts=parse_accounts(account), balances=balances)  # a probe, not started
+    except ValueError as exc:
+        raise fail(f"--balance: {exc}", 2) from None
     console.print(
         f"paper exchange on http://{host}:{port}  (demo account key {DEMO_API_KEY}, "
         f"secret {DEMO_SECRET}; admin API under /sim/v1/)"
     )
-    run_sim(host, port, list(account or []), fee_rate)
+    run_sim(host, port, list(account or []), fee_rate, feed=market_feed, balances=balances)
 
 
 @app.command()
@@ -285,13 +351,33 @@ def dev(
     ] = None,
     metrics_port: MetricsPortOption = None,
     otel: OtelOption = False,
+    feed: FeedOption = None,
+    seed: SeedOption = None,
+    volatility: VolatilityOption = "0.001",
+    interval: IntervalOption = 1.0,
+    feed_symbol: FeedSymbolOption = "BTCUSDT",
+    loop: LoopOption = False,
 ) -> None:
     """Run everything locally: Temporal dev server + UI, the paper exchange, and a worker
-    with an account named `paper` on it. Ctrl-C stops all three."""
+    with an account named `paper` on it. Ctrl-C stops all three. With --feed the paper
+    exchange's markets move by themselves (as with `exchange-kernel sim --feed`)."""
     from exchange_kernel.dev import run_dev
 
     telemetry = _telemetry(metrics_port, otel)
-    run(run_dev(port, ui_port, sim_port, data_dir, task_queue, console, ready_file, telemetry))
+    market_feed = _feed(feed, seed, volatility, interval, feed_symbol, loop)
+    run(
+        run_dev(
+            port,
+            ui_port,
+            sim_port,
+            data_dir,
+            task_queue,
+            console,
+            ready_file,
+            telemetry,
+            feed=market_feed,
+        )
+    )
 
 
 def _telemetry(metrics_port: str | None, otel: bool) -> Telemetry:

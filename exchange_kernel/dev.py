@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -14,6 +15,9 @@ from exchange_kernel.connection import connect
 from exchange_kernel.devserver import DevServer
 from exchange_kernel.worker import run_worker
 from exchange_kernel.worker.metrics import Telemetry
+
+if TYPE_CHECKING:
+    from exchange_kernel.sim.feed import Feed
 
 PAPER_KEY_ENV = "EK_PAPER_API_KEY"
 PAPER_SECRET_ENV = "EK_PAPER_SECRET"
@@ -43,10 +47,13 @@ async def run_dev(
     console: Console,
     ready_file: Path | None = None,
     telemetry: Telemetry | None = None,
+    *,
+    feed: Feed | None = None,
 ) -> None:
     """Start the three parts, print where they are, and stop them all on Ctrl-C / SIGTERM.
 
-    `telemetry`: the worker's metrics endpoint and tracing (`Telemetry.configure(...)`)."""
+    `telemetry`: the worker's metrics endpoint and tracing (`Telemetry.configure(...)`).
+    `feed`: moves the paper exchange's markets (`exchange_kernel.sim.feed`)."""
     from exchange_kernel.sim import SimServer
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +68,7 @@ async def run_dev(
         db_filename=data_dir / "temporal.db",
         log_file=data_dir / "temporal.log",
     )
-    sim = SimServer(host="127.0.0.1", port=sim_port)
+    sim = SimServer(host="127.0.0.1", port=sim_port, feed=feed)
     with console.status("starting the Temporal dev server"):
         await server.start()
     try:
@@ -74,6 +81,8 @@ async def run_dev(
             console.print(f"[bold green]Temporal[/]       {server.target}")
             console.print(f"[bold green]Temporal UI[/]    {server.ui_url}")
             console.print(f"[bold green]paper exchange[/] {sim.base_url}")
+            if feed is not None:
+                console.print(f"[bold green]market feed[/]    {feed.describe()}")
             console.print(f"[bold green]worker[/]         task queue {task_queue}, account paper")
             if telemetry.url:
                 console.print(f"[bold green]metrics[/]        {telemetry.url}")

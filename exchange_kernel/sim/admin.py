@@ -9,12 +9,18 @@ whole exchange) order events that share a millisecond.
     GET  /sim/v1/faults    -> fault profile + {"injected": {fault: count}}
     POST /sim/v1/faults    {"error_500", "error_503", "rate_limit_429", "retry_after",
                             "drop_response", "latency_ms": [min, max], "seed", "endpoints",
-                            "max_faults"}  (replaces the profile; omitted = off)
+                            "max_faults", "visibility_lag_ms"}  (replaces the profile;
+                           omitted = off; visibility_lag_ms: see exchange_kernel.sim.faults)
     GET  /sim/v1/orders    ?account=&symbol=&status=  -> {"orders": [order]}
                            (&count=1 -> {"count": n}: how many, without them)
     GET  /sim/v1/trades    ?account=&symbol=          -> {"trades": [trade]}
     GET  /sim/v1/balances  -> {"accounts": {key: {asset: {free, locked}}},
                                "fees_collected": {asset: amt}, "counterparty": {asset: amt}}
+    POST /sim/v1/balances  {"account": api key, "balances": {asset: amount}}
+                           -> {"account", "balances": {asset: {free, locked}}}
+                           (sets those assets' free balances, the others untouched; the
+                           difference comes from the counterparty; reset goes back to the
+                           balances the sim started with)
     GET  /sim/v1/requests  ?limit=  -> {"total", "counts": {"METHOD /path": n}, "recent": [...]}
     POST /sim/v1/reset     -> {"ok": true}
 
@@ -210,6 +216,38 @@ async def balances(request: web.Request) -> web.Response:
             },
             "fees_collected": {a: _num(v) for a, v in exchange.fees_collected.items()},
             "counterparty": {a: _num(v) for a, v in exchange.counterparty.items()},
+        }
+    )
+
+
+@routes.post("/sim/v1/balances")
+async def set_balances(request: web.Request) -> web.Response:
+    exchange = request.app[STATE].exchange
+    body = await _body(request)
+    key = body.get("account")
+    if not isinstance(key, str):
+        raise _bad("account (an API key) is required")
+    raw = body.get("balances")
+    if not isinstance(raw, dict) or not raw:
+        raise _bad('balances must be an object like {"USDT": "1000"}')
+    amounts: dict[str, Decimal] = {}
+    for asset in raw:
+        amount = _decimal(raw, asset, required=True)
+        assert amount is not None
+        if not amount.is_finite():
+            raise _bad(f"{asset} is not a number")
+        amounts[str(asset).upper()] = amount
+    try:
+        account = exchange.set_balances(key, amounts)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    return web.json_response(
+        {
+            "account": key,
+            "balances": {
+                asset: {"free": _num(b.free), "locked": _num(b.locked)}
+                for asset, b in account.balances.items()
+            },
         }
     )
 

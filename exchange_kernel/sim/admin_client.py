@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
 
@@ -87,6 +89,11 @@ class AdminClient:
 
     async def balances(self) -> dict[str, Any]:
         return await self._call("GET", "balances")
+
+    async def set_balances(self, account: str, balances: Mapping[str, str | Decimal]) -> Any:
+        """Set these assets' free balances of one account (API key); the others stay."""
+        body = {"account": account, "balances": {a: str(v) for a, v in balances.items()}}
+        return (await self._call("POST", "balances", body))["balances"]
 
     async def requests(self, limit: int | None = None) -> dict[str, Any]:
         return await self._call(

@@ -13,7 +13,12 @@ from exchange_kernel.sim import errors, params, wire
 from exchange_kernel.sim.auth import authenticate, request_params
 from exchange_kernel.sim.errors import BinanceError
 from exchange_kernel.sim.faults import FAULT_KEY
-from exchange_kernel.sim.model import Account, CancelReplaceMode, generate_client_order_id
+from exchange_kernel.sim.model import (
+    Account,
+    CancelReplaceMode,
+    Order,
+    generate_client_order_id,
+)
 from exchange_kernel.sim.state import STATE, SimState
 
 log = logging.getLogger(__name__)
@@ -250,6 +255,8 @@ async def test_order(state: SimState, account: Account, p: params.Params) -> web
 async def query_order(state: SimState, account: Account, p: params.Params) -> web.Response:
     order_id, client_id = _order_ids(p)
     order = state.exchange.get_order(account.api_key, params.symbol(p), order_id, client_id)
+    if state.faults.hides(order.time, state.now()):
+        raise errors.order_does_not_exist()
     return _json(wire.query_order(order))
 
 
@@ -267,7 +274,7 @@ async def cancel_order(state: SimState, account: Account, p: params.Params) -> w
 @signed
 async def open_orders(state: SimState, account: Account, p: params.Params) -> web.Response:
     orders = state.exchange.open_orders(account.api_key, params.text(p, "symbol"))
-    return _json([wire.query_order(o) for o in orders])
+    return _json([wire.query_order(o) for o in _visible(state, orders)])
 
 
 @routes.get("/api/v3/allOrders")
@@ -281,7 +288,7 @@ async def all_orders(state: SimState, account: Account, p: params.Params) -> web
         end_time=params.integer(p, "endTime"),
         limit=params.limit(p, default=500, maximum=1000),
     )
-    return _json([wire.query_order(o) for o in orders])
+    return _json([wire.query_order(o) for o in _visible(state, orders)])
 
 
 @routes.delete("/api/v3/openOrders")
@@ -357,7 +364,10 @@ async def my_trades(state: SimState, account: Account, p: params.Params) -> web.
         from_id=params.integer(p, "fromId"),
         limit=params.limit(p, default=500, maximum=1000),
     )
-    return _json([wire.my_trade(t) for t in trades])
+    orders = state.exchange.orders
+    now = state.now()
+    visible = [t for t in trades if not state.faults.hides(orders[t.order_id].time, now)]
+    return _json([wire.my_trade(t) for t in visible])
 
 
 @routes.get("/api/v3/account")
@@ -378,6 +388,12 @@ async def trade_fee(state: SimState, account: Account, p: params.Params) -> web.
     symbol = params.text(p, "symbol")
     specs = [exchange.spec(symbol)] if symbol is not None else exchange.symbols
     return _json([wire.trade_fee(spec, exchange.fee_rate) for spec in specs])
+
+
+def _visible(state: SimState, orders: list[Order]) -> list[Order]:
+    # The visibility_lag_ms fault: lookups do not see orders created within the lag.
+    now = state.now()
+    return [o for o in orders if not state.faults.hides(o.time, now)]
 
 
 def _order_ids(p: params.Params) -> tuple[int | None, str | None]:

@@ -497,7 +497,9 @@ class Exchange:
         The difference comes from (or goes to) the counterparty, so the conservation rule of
         this module still holds. `at_start`: also the balances `reset()` goes back to.
         """
-        account = self._account(api_key)
+        account = self.accounts.get(api_key)
+        if account is None:
+            raise ValueError(f"unknown account {api_key!r}")
         unknown = sorted(set(balances) - set(self.assets))
         if unknown:
             raise ValueError(f"unknown assets: {', '.join(unknown)}")

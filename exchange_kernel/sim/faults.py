@@ -4,6 +4,12 @@ Rate limits and 5xx answers are decided *before* the request reaches the engine,
 committed. `drop_response` is decided after the engine committed an order mutation and then
 hangs up without answering: the client sees a network error while the order exists. That is
 the case an idempotent order workflow has to survive.
+
+`visibility_lag_ms` is read-after-write lag, as real exchanges show it: for that long after an
+order is created, the lookups (GET /api/v3/order answers -2013 "Order does not exist.",
+openOrders, allOrders and myTrades leave it and its fills out) do not see it yet; the matching
+engine does (it fills, and a cancel finds it). It applies to every account and endpoint,
+whatever `endpoints` says, and does not count against `max_faults`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ ORDER_MUTATIONS = frozenset(
     }
 )
 FAULT_KEY = web.RequestKey("sim_fault", str)
+# Counted in `injected` (lookups that did not see an order) but no fault of a request.
+VISIBILITY_LAG = "visibility_lag"
 
 
 @dataclass
@@ -47,6 +55,8 @@ class FaultConfig:
     endpoints: list[str] | None = None
     # Stop injecting after this many faults (latency is not a fault); None = no limit.
     max_faults: int | None = None
+    # Read-after-write lag of order lookups, in milliseconds after an order's creation.
+    visibility_lag_ms: int = 0
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> FaultConfig:
@@ -67,6 +77,9 @@ class FaultConfig:
             raise ValueError("latency_ms must be [min, max] with 0 <= min <= max")
         if config.retry_after < 0:
             raise ValueError("retry_after must not be negative")
+        config.visibility_lag_ms = int(config.visibility_lag_ms)
+        if config.visibility_lag_ms < 0:
+            raise ValueError("visibility_lag_ms must not be negative")
         if config.endpoints is not None:
             config.endpoints = [str(e) for e in config.endpoints]
         return config
@@ -102,9 +115,18 @@ class FaultInjector:
         # Always draw, so a seeded run makes the same decisions whatever the probabilities hit.
         return self._rng.random() < probability
 
+    def hides(self, created_at: int, now: int) -> bool:
+        """Whether an order created at `created_at` is still invisible to lookups at `now`."""
+        lag = self.config.visibility_lag_ms
+        if lag <= 0 or now >= created_at + lag:
+            return False
+        self.injected[VISIBILITY_LAG] = self.injected.get(VISIBILITY_LAG, 0) + 1
+        return True
+
     def _take_allowance(self, name: str) -> bool:
         limit = self.config.max_faults
-        if limit is not None and sum(self.injected.values()) >= limit:
+        taken = sum(n for fault, n in self.injected.items() if fault != VISIBILITY_LAG)
+        if limit is not None and taken >= limit:
             return False
         self.injected[name] = self.injected.get(name, 0) + 1
         return True

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from types import TracebackType
 
 from aiohttp import web
 
 from exchange_kernel.sim import admin, api
 from exchange_kernel.sim.engine import Exchange
+from exchange_kernel.sim.feed import Feed, run_feed
 from exchange_kernel.sim.state import STATE, SimState
 
 DEMO_API_KEY = "paper-demo-key"
@@ -20,6 +21,7 @@ DEMO_SECRET = "paper-demo-secret"
 DEFAULT_FEE_RATE = Decimal("0.001")
 
 AccountSpec = str | tuple[str, str]
+Balances = Mapping[str, Mapping[str, Decimal]]
 
 
 def parse_accounts(accounts: Iterable[AccountSpec] | None) -> dict[str, str]:
@@ -33,6 +35,24 @@ def parse_accounts(accounts: Iterable[AccountSpec] | None) -> dict[str, str]:
         else:
             key, secret = spec
         parsed[key] = secret
+    return parsed
+
+
+def parse_balances(specs: Iterable[str] | None) -> dict[str, dict[str, Decimal]]:
+    """`KEY:ASSET=AMOUNT` strings -> {key: {asset: amount}} (later ones win)."""
+    parsed: dict[str, dict[str, Decimal]] = {}
+    for spec in specs or ():
+        key, sep, assignment = spec.rpartition(":")
+        asset, eq, amount = assignment.partition("=")
+        if not (key and sep and asset and eq and amount):
+            raise ValueError(f"balance must look like KEY:ASSET=AMOUNT, got {spec!r}")
+        try:
+            value = Decimal(amount)
+        except InvalidOperation:
+            raise ValueError(f"balance {spec!r}: {amount!r} is not a decimal number") from None
+        if not value.is_finite() or value < 0:
+            raise ValueError(f"balance {spec!r}: the amount must not be negative")
+        parsed.setdefault(key, {})[asset.strip().upper()] = value
     return parsed
 
 
@@ -52,7 +72,10 @@ def build_app(state: SimState) -> web.Application:
 class SimServer:
     """One paper exchange listening on loopback.
 
-    `exchange` is the live engine, for direct inspection or setup from tests.
+    `exchange` is the live engine, for direct inspection or setup from tests. `feed` moves
+    the markets while the server runs (`exchange_kernel.sim.feed`); `balances` sets accounts'
+    free balances at start ({api key: {asset: amount}}), also what `POST /sim/v1/reset`
+    returns to.
     """
 
     def __init__(
@@ -62,17 +85,25 @@ class SimServer:
         accounts: Iterable[AccountSpec] | None = None,
         fee_rate: Decimal = DEFAULT_FEE_RATE,
         exchange: Exchange | None = None,
+        feed: Feed | None = None,
+        balances: Balances | None = None,
     ) -> None:
         if exchange is None:
             exchange = Exchange(accounts=parse_accounts(accounts), fee_rate=Decimal(fee_rate))
         elif accounts:
             for key, secret in parse_accounts(accounts).items():
                 exchange.add_account(key, secret)
+        for key, assets in (balances or {}).items():
+            exchange.set_balances(key, assets, at_start=True)
+        if feed is not None:
+            feed.check(exchange)
         self.host = host
         self.port = port
+        self.feed = feed
         self.state = SimState(exchange=exchange)
         self.app = build_app(self.state)
         self._runner: web.AppRunner | None = None
+        self._feed_task: asyncio.Task[None] | None = None
         self.base_url = ""
 
     @property
@@ -94,8 +125,15 @@ class SimServer:
         host, port = runner.addresses[0][:2]
         self.port = port
         self.base_url = f"http://{host}:{port}"
+        if self.feed is not None:
+            self._feed_task = asyncio.create_task(run_feed(self.feed, self.exchange))
 
     async def stop(self) -> None:
+        task, self._feed_task = self._feed_task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -119,9 +157,13 @@ async def running_sim(
     accounts: Iterable[AccountSpec] | None = None,
     fee_rate: Decimal = DEFAULT_FEE_RATE,
     host: str = "127.0.0.1",
+    feed: Feed | None = None,
+    balances: Balances | None = None,
 ) -> AsyncIterator[SimServer]:
     """`async with running_sim() as sim:` -> `sim.base_url`, `sim.exchange`; stops on exit."""
-    server = SimServer(host=host, port=port, accounts=accounts, fee_rate=fee_rate)
+    server = SimServer(
+        host=host, port=port, accounts=accounts, fee_rate=fee_rate, feed=feed, balances=balances
+    )
     await server.start()
     try:
         yield server
@@ -130,9 +172,16 @@ async def running_sim(
 
 
 async def serve_forever(
-    host: str, port: int, accounts: Iterable[AccountSpec] | None, fee_rate: Decimal
+    host: str,
+    port: int,
+    accounts: Iterable[AccountSpec] | None,
+    fee_rate: Decimal,
+    feed: Feed | None = None,
+    balances: Balances | None = None,
 ) -> None:
-    server = SimServer(host=host, port=port, accounts=accounts, fee_rate=fee_rate)
+    server = SimServer(
+        host=host, port=port, accounts=accounts, fee_rate=fee_rate, feed=feed, balances=balances
+    )
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,6 +191,8 @@ async def serve_forever(
     keys = ", ".join(server.exchange.accounts)
     # Tools (and the subprocess test) wait for this line to know the server is up.
     print(f"exchange_kernel.sim listening on {server.base_url} (accounts: {keys})", flush=True)
+    if feed is not None:
+        print(f"market feed: {feed.describe()}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -153,6 +204,9 @@ def run(
     port: int = 8900,
     accounts: list[str] | None = None,
     fee_rate: Decimal = DEFAULT_FEE_RATE,
+    *,
+    feed: Feed | None = None,
+    balances: Balances | None = None,
 ) -> None:
     """Serve the sim until SIGINT/SIGTERM. Blocking; for the `exchange-kernel sim` command."""
-    asyncio.run(serve_forever(host, port, accounts, Decimal(fee_rate)))
+    asyncio.run(serve_forever(host, port, accounts, Decimal(fee_rate), feed, balances))
