@@ -40,6 +40,7 @@ from exchange_kernel.models import (
     OrderIntent,
     OrderSpec,
     OrderType,
+    ReconciliationStatus,
     Side,
     TimeInForce,
     workflow_id_for,
@@ -232,7 +233,7 @@ def sim(
     """Run the paper exchange (Binance spot REST API on HTTP) until Ctrl-C."""
     from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, SimServer
     from exchange_kernel.sim import run as run_sim
-    from exchange_kernel.sim.server import parse_accounts, parse_balances
+    from exchange_kernel.sim.server import parse_balances
 
     fee_rate = money(fee, "fee")
     assert fee_rate is not None
@@ -243,7 +244,7 @@ def sim(
     try:
         balances = parse_balances(balance)
         # Unknown accounts or assets are refused here, not after the banner.
-        SimServer(accounts=parse_accounts(account), balances=balances)  # a probe, not started
+        SimServer(accounts=account, balances=balances)  # a probe, never started
     except ValueError as exc:
         raise fail(f"--balance: {exc}", 2) from None
     console.print(
@@ -573,18 +574,31 @@ def list_intents(
     intent_status: Annotated[
         str | None, typer.Option("--status", help="only this status (open, filled, ...)")
     ] = None,
+    reconciliation: Annotated[
+        str | None,
+        typer.Option(help="only this reconciliation status (in_sync, reconciling, unknown, stale)"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="at most this many rows")] = 100,
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
 ) -> None:
-    """List intents from Temporal's visibility (search attributes), newest first."""
+    """List intents from Temporal's visibility (search attributes), newest first. An intent
+    reads `stale` when its view of the exchange is older than 30 s (docs/concepts.md)."""
+    if reconciliation is not None and reconciliation not in set(ReconciliationStatus):
+        choices = ", ".join(ReconciliationStatus)
+        raise fail(f"--reconciliation must be one of {choices}, got {reconciliation!r}", 2)
 
     async def main() -> list[IntentListing]:
         client = await IntentClient.connect(address, namespace, profile=profile)
         return await client.list(
-            account=account, symbol=symbol, group=group, status=intent_status, limit=limit
+            account=account,
+            symbol=symbol,
+            group=group,
+            status=intent_status,
+            reconciliation=reconciliation,
+            limit=limit,
         )
 
     rows = run(main())
