@@ -55,6 +55,7 @@ from exchange_kernel.models import (
     Orphan,
     Placement,
     PlacementPhase,
+    ReconciliationStatus,
     Value,
     account_sync_id,
     group_workflow_id,
@@ -500,9 +501,11 @@ class IntentClient:
         group: str | None = None,
         status: IntentStatus | str | None = None,
         strategy: str | None = None,
+        reconciliation: ReconciliationStatus | str | None = None,
         limit: int | None = None,
     ) -> list[IntentListing]:
-        """Intents by their search attributes, newest first."""
+        """Intents by their search attributes, newest first (`reconciliation="stale"`: those
+        whose view of the exchange had aged past `reconcile.STALE_AFTER` at their last step)."""
         clauses = ["WorkflowType = 'OrderIntent'"]
         for name, value in (
             ("IntentAccount", account),
@@ -510,6 +513,10 @@ class IntentClient:
             ("IntentGroup", group),
             ("IntentStatus", None if status is None else IntentStatus(status).value),
             ("StrategyId", strategy),
+            (
+                "ReconciliationStatus",
+                None if reconciliation is None else ReconciliationStatus(reconciliation).value,
+            ),
         ):
             if value is not None:
                 clauses.append(f"{name} = '{_quoted(value)}'")
