@@ -11,9 +11,9 @@ Candle files are CSV, one candle per line, columns in ccxt's OHLCV order:
 
 `timestamp` (epoch milliseconds) only orders the lines; the replay runs at `interval` seconds
 per candle on the sim's own clock. `volume` may be left out or empty (no limit). A header line
-before the first candle and lines starting with `#` are skipped. Each candle is played as four prices, open, then the
-extreme nearer the open (low for a rising candle, high for a falling one), the other extreme,
-then close; together they fill at most the candle's volume.
+before the first candle and lines starting with `#` are skipped. Each candle is played as four
+prices, open, then the extreme nearer the open (low for a rising candle, high for a falling
+one), the other extreme, then close; together they fill at most the candle's volume.
 """
 
 from __future__ import annotations
