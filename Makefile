@@ -43,7 +43,8 @@ stop:
 # Re-record the workflow histories that the replay test checks (tests/histories/).
 histories: $(STAMP)
 	EK_RECORD_HISTORIES=1 $(BIN)/python -m pytest -q tests/test_intents.py tests/test_held_stops.py \
-		tests/test_groups.py tests/test_continue_as_new.py tests/test_cold_update.py
+		tests/test_groups.py tests/test_continue_as_new.py tests/test_cold_update.py \
+		tests/test_freshness.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/placement.py

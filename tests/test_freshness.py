@@ -15,7 +15,7 @@ from exchange_kernel.client import IntentClient, IntentRejected
 from exchange_kernel.models import IntentState, IntentStatus, ReconciliationStatus
 from exchange_kernel.workflows import account_sync, intent
 from tests.conftest import Paper, eventually
-from tests.test_intents import new_intent, resting
+from tests.test_intents import new_intent, record_workflow_history, resting
 
 LOOKUPS = ["GET /api/v3/order"]
 SYNC_READS = ["GET /api/v3/openOrders", "GET /api/v3/myTrades"]
@@ -140,6 +140,7 @@ async def test_a_reduction_below_what_the_exchange_filled_is_refused_on_the_fina
     await intents.cancel(intent_id)
     final = await intents.result(intent_id)
     assert final.filled <= final.desired.amount
+    await record_workflow_history(intents.temporal, f"intent-{intent_id}", "reduction_judged")
 
 
 def resting_partially(state: IntentState) -> bool:
