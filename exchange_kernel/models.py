@@ -511,6 +511,9 @@ class Placement(Value):
     fills: tuple[Fill, ...] = ()
     observed_at: datetime | None = None
     refusal: str | None = None  # the exchange's reason, in phase REFUSED
+    # When the request that created it gave up unanswered: it is looked up a grace later
+    # (`reconcile.VISIBILITY_GRACE`), as exchanges' reads lag their writes.
+    unanswered_at: datetime | None = None
 
     @model_validator(mode="after")
     def _phase_matches(self) -> Self:

@@ -56,6 +56,11 @@ POLL_CEILING = timedelta(seconds=15)
 # Consecutive placements, amends or cancels that exhausted their budget before the intent is
 # given up (failed). Lookups never give up: a look is harmless, and the status says `unknown`.
 MAX_UNANSWERED_CALLS = 3
+# Exchanges' reads lag their writes: an order created a moment ago may not be found yet. A
+# write whose answer was lost is looked up only this long after it gave up, so "not found" is
+# proof that it never reached the exchange (the place activity waits as long before it creates
+# again: `activities.exchange.find_visible`).
+VISIBILITY_GRACE = timedelta(seconds=5)
 RECENT_ACTIONS = 20
 # Ended placements kept one by one (their observations and trades); older ones are compacted
 # into `IntentState.settled`. Their late observations are then ignored: the trade-id dedupe
@@ -218,10 +223,12 @@ class Refused(Value):
 
 
 class Unanswered(Value):
-    """The call exhausted its budget without an answer: nothing may be assumed."""
+    """The call exhausted its budget without an answer: nothing may be assumed. `at`: when it
+    gave up (a write may have reached the exchange until then)."""
 
     kind: Literal["unanswered"] = "unanswered"
     error: str
+    at: datetime | None = None
 
 
 class RulesLoaded(Value):
@@ -374,6 +381,13 @@ def _converge(state: IntentState, now: datetime) -> Action:
 
     for placement in state.placements:
         if placement.phase is PlacementPhase.PLACING:
+            gave_up = placement.unanswered_at
+            if gave_up is not None and now < gave_up + VISIBILITY_GRACE:
+                return Wait(
+                    after=gave_up + VISIBILITY_GRACE - now,
+                    reason=f"outcome of {placement.client_order_id} unknown: looked up once "
+                    "the exchange's reads have caught up with its writes",
+                )
             return Lookup(
                 number=placement.number,
                 reason=f"outcome of the last request for {placement.client_order_id} is unknown",
@@ -676,7 +690,11 @@ def record(
     of some moment after it, so a resync (or a change) that arrived while the call was under
     way is not taken as covered by it."""
     if isinstance(outcome, Unanswered):
-        return refresh(_unanswered(state, action, outcome.error, now), now)
+        state = _unanswered(state, action, outcome.error, now)
+        if isinstance(action, Place | Amend) and outcome.at is not None:
+            placement = state.placement(action.placement.number)
+            state = _replace(state, placement.model_copy(update={"unanswered_at": outcome.at}))
+        return refresh(state, now)
     match action:
         case LoadRules():
             if isinstance(outcome, RulesLoaded):

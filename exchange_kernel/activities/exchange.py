@@ -46,7 +46,7 @@ from exchange_kernel.models import (
     SyncResult,
     Value,
 )
-from exchange_kernel.reconcile import stop_crossed, trigger_condition
+from exchange_kernel.reconcile import VISIBILITY_GRACE, stop_crossed, trigger_condition
 
 T = TypeVar("T")
 # ApplicationError type of a held stop's price check that found the stop not crossed yet.
@@ -177,7 +177,7 @@ class ExchangeActivities:
             # A first attempt of a never-tried placement cannot have reached the exchange;
             # every other attempt may have, and must look before it creates.
             if request.may_exist or activity.info().attempt > 1:
-                found = await find_order(client, request.symbol, request.client_order_id)
+                found = await find_visible(client, request.symbol, request.client_order_id)
                 if found is not None:
                     return found
             async with self._open_notional_checked(client, request):
@@ -186,7 +186,8 @@ class ExchangeActivities:
                 except ccxt.InvalidOrder as exc:
                     if "Duplicate order" not in str(exc):
                         raise
-                    found = await find_order(client, request.symbol, request.client_order_id)
+                    # It exists (the exchange says so), perhaps not readable yet.
+                    found = await find_visible(client, request.symbol, request.client_order_id)
                     if found is None:
                         raise
                     return found
@@ -203,7 +204,7 @@ class ExchangeActivities:
             order: ExchangeOrder | None = None
             looked_up = new.may_exist or activity.info().attempt > 1
             if looked_up:
-                order = await find_order(client, new.symbol, new.client_order_id)
+                order = await find_visible(client, new.symbol, new.client_order_id)
             if order is None:
                 # The replacement was sized from the fills the workflow knew; if the old order
                 # filled since, don't edit: report it, and the workflow re-plans from the truth.
@@ -547,6 +548,21 @@ async def resting_notional(client: Any, symbol: str, exclude: tuple[str, ...] = 
             continue
         total += max(order.remaining, Decimal(0)) * order.price
     return total
+
+
+async def find_visible(client: Any, symbol: str, client_order_id: str) -> ExchangeOrder | None:
+    """Look an order up that an earlier attempt may have created: exchanges' reads lag their
+    writes, so "not found" is believed only VISIBILITY_GRACE after this attempt started (every
+    earlier attempt, and its create, came before that)."""
+    found = await find_order(client, symbol, client_order_id)
+    if found is not None:
+        return found
+    started = activity.info().started_time
+    waited = datetime.now(UTC) - started if started.tzinfo else timedelta(0)
+    if waited < VISIBILITY_GRACE:
+        await asyncio.sleep((VISIBILITY_GRACE - waited).total_seconds())
+        found = await find_order(client, symbol, client_order_id)
+    return found
 
 
 async def find_order(

@@ -88,7 +88,7 @@ def _failure(error: ActivityError) -> Refused | Unanswered:
     refusal = _rejection(error)
     if refusal is not None:
         return Refused(reason=refusal)
-    return Unanswered(error=str(error.cause or error))
+    return Unanswered(error=str(error.cause or error), at=workflow.now())
 
 
 def _change_rejected(reason: str) -> ApplicationError:
