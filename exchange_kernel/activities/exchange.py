@@ -505,10 +505,13 @@ def _parse_order(client: Any, raw: dict[str, Any], market: dict[str, Any]) -> Ex
 def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, dict[str, Any]]:
     params: dict[str, Any] = {"clientOrderId": request.client_order_id}
     market = request.type in (OrderType.MARKET, OrderType.STOP_MARKET)
-    if not market:
-        params["timeInForce"] = request.time_in_force.value
     if request.post_only:
+        # ccxt's unified postOnly alone: it picks the exchange's own form (Binance spot:
+        # LIMIT_MAKER, which refuses a timeInForce with -1106; futures: timeInForce GTX). A
+        # post-only order is GTC by OrderSpec's rule, so nothing is lost by not sending it.
         params["postOnly"] = True
+    elif not market:
+        params["timeInForce"] = request.time_in_force.value
     if request.reduce_only:
         params["reduceOnly"] = True
     if request.stop_price is not None:
