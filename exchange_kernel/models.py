@@ -514,6 +514,8 @@ class Placement(Value):
     # When the request that created it gave up unanswered: it is looked up a grace later
     # (`reconcile.VISIBILITY_GRACE`), as exchanges' reads lag their writes.
     unanswered_at: datetime | None = None
+    # The intent's desired order when this was placed (its revision's spec).
+    spec: OrderSpec | None = None
 
     @model_validator(mode="after")
     def _phase_matches(self) -> Self:
@@ -570,6 +572,15 @@ class Judgment(Value):
     revision: int
 
 
+class Refusal(Value):
+    """The exchange refused the order a revision needed (insufficient funds, post-only would
+    cross, a filter): `reverted_to` is the revision the intent went back to, if it did."""
+
+    revision: int
+    reason: str
+    reverted_to: int | None = None
+
+
 class IntentState(Value):
     """Everything known about one intent: desired, observed, and every input of a decision.
 
@@ -598,6 +609,11 @@ class IntentState(Value):
     pending_changes: tuple[PendingChange, ...] = ()
     changes_received: int = 0
     judgments: tuple[Judgment, ...] = ()  # the most recent few, for waiting updates
+    # The desired order of the newest revision the exchange accepted an order for: what the
+    # intent goes back to when a later revision's order is refused.
+    accepted: OrderSpec | None = None
+    accepted_revision: int | None = None
+    refusals: tuple[Refusal, ...] = ()  # the most recent few, for waiting updates
     # Consecutive exchange calls that ended unanswered; at MAX_UNANSWERED_CALLS it gives up.
     unanswered: int = 0
     last_error: str | None = None

@@ -39,6 +39,7 @@ from exchange_kernel.models import (
     Placement,
     PlacementPhase,
     ReconciliationStatus,
+    Refusal,
     Settled,
     Side,
     TimeInForce,
@@ -454,11 +455,13 @@ def _plan_live(state: IntentState, current: Placement, now: datetime) -> Action:
         # Asked to cancel and still open (or the answer was lost): ask again.
         return Cancel(number=current.number, reason="order still open after cancel")
     newest = state.placements[-1]
-    if newest.number > current.number and newest.phase in (
-        PlacementPhase.REFUSED,
-        PlacementPhase.REJECTED,
+    if (
+        newest.number > current.number
+        and newest.phase in (PlacementPhase.REFUSED, PlacementPhase.REJECTED)
+        and newest.spec == desired
     ):
-        # The exchange refused the order that was to replace this one (a native edit).
+        # The exchange refuses what is desired and there is no accepted revision to go back
+        # to (an edit of an order the intent did not place itself).
         refusal = newest.refusal or "rejected"
         return Cancel(number=current.number, reason=f"its replacement was refused: {refusal}")
     if state.resync_at is not None and (
@@ -540,10 +543,17 @@ def _plan_idle(state: IntentState, now: datetime) -> Action:
         return Place(placement=_next_placement(state, remaining), reason="new intent")
     last = state.placements[-1]
     phase = last.phase
-    if phase is PlacementPhase.REFUSED:
-        return Finish(status=IntentStatus.REJECTED, reason=last.refusal or "refused")
-    if phase is PlacementPhase.REJECTED:
-        return Finish(status=IntentStatus.REJECTED, reason="the exchange rejected the order")
+    refused = phase in (PlacementPhase.REFUSED, PlacementPhase.REJECTED)
+    if refused and (last.spec is None or last.spec == desired):
+        # The exchange refuses the order the intent wants, and it has no other to go back to
+        # (a refused modification went back to the last accepted revision: placed again below).
+        reason = last.refusal or "the exchange rejected the order"
+        return Finish(status=IntentStatus.REJECTED, reason=reason)
+    if refused:
+        return Place(
+            placement=_next_placement(state, remaining),
+            reason=f"place the last accepted revision again (remaining {remaining})",
+        )
     withdrawn = phase in (PlacementPhase.CANCELED, PlacementPhase.NOT_FOUND)
     if withdrawn and not _rests(state):
         # Cancelled by us, or never reached the exchange: a market/IOC/FOK order that never
@@ -639,6 +649,7 @@ def _next_placement(state: IntentState, amount: Decimal) -> Placement:
         # A held stop is released as a plain order: nothing on the exchange has a stop price.
         stop_price=None if state.holds_stop else state.desired.stop_price,
         amount=amount,
+        spec=state.desired,
     )
 
 
@@ -710,6 +721,7 @@ def record(
                 state = observe_absent(state, placement.number, now)
             elif isinstance(outcome, Refused):
                 state = _refuse(state, placement.number, outcome.reason, now)
+                state = _refused_revision(state, placement.number, outcome.reason, now)
             state = _answered(state, poll_reset=True)
         case Amend(replaces=replaces, placement=placement):
             if isinstance(outcome, Amended):
@@ -718,6 +730,7 @@ def record(
                 # Nothing was changed: the old order stays as it was (a lookup says how).
                 state = _refuse(state, placement.number, outcome.reason, now)
                 state = _move(state, replaces, Event.AMEND_NOT_SENT, now, observed=False)
+                state = _refused_revision(state, placement.number, outcome.reason, now)
             state = _answered(state, poll_reset=True)
         case Cancel(number=number) | Lookup(number=number):
             if isinstance(outcome, Observed):
@@ -727,11 +740,11 @@ def record(
                 else:
                     state = observe(state, outcome.order, now)
                 quiet = isinstance(action, Lookup) and _fingerprint(state, number) == before
-                state = _answered(state, poll_reset=not quiet)
+                state = _answered(state, poll_reset=not quiet, write=isinstance(action, Cancel))
         case WatchPrice():
             if isinstance(outcome, PriceCrossed):
                 state = observe_price(state, outcome.price, now)
-                state = _answered(state, poll_reset=True)
+                state = _answered(state, poll_reset=True, write=False)
         case Watch():
             if isinstance(outcome, Sent):
                 if outcome.delivered:
@@ -786,11 +799,15 @@ def _unanswered(state: IntentState, action: Action, error: str, now: datetime) -
     return state.model_copy(update={"last_error": error})
 
 
-def _answered(state: IntentState, *, poll_reset: bool) -> IntentState:
-    """The exchange answered: the give-up count starts again; a poll that found no change
-    backs off (an action, or a change seen, looks again soon)."""
+def _answered(state: IntentState, *, poll_reset: bool, write: bool = True) -> IntentState:
+    """The exchange answered: a write's answer starts the give-up count again (a lookup's does
+    not: reads that work do not make writes that time out succeed); a poll that found no
+    change backs off (an action, or a change seen, looks again soon)."""
     interval = POLL_FIRST if poll_reset else min(state.poll_interval * 2, POLL_CEILING)
-    return state.model_copy(update={"unanswered": 0, "poll_interval": interval})
+    update: dict[str, object] = {"poll_interval": interval}
+    if write:
+        update["unanswered"] = 0
+    return state.model_copy(update=update)
 
 
 def _fingerprint(state: IntentState, number: int) -> tuple[object, ...]:
@@ -823,7 +840,69 @@ def observe(state: IntentState, order: ExchangeOrder, now: datetime) -> IntentSt
         }
     )
     state = _replace(state, updated).model_copy(update={"last_sync_at": now})
+    if placement.phase in (PlacementPhase.PLACING, PlacementPhase.NOT_FOUND):
+        state = _accepted(state, updated)
     return refresh(state, now)
+
+
+def _accepted(state: IntentState, placement: Placement) -> IntentState:
+    """The exchange took the placement's order: its revision is the last accepted one."""
+    if placement.phase is PlacementPhase.REJECTED or placement.spec is None:
+        return state
+    if state.accepted_revision is not None and placement.revision < state.accepted_revision:
+        return state
+    return state.model_copy(
+        update={"accepted": placement.spec, "accepted_revision": placement.revision}
+    )
+
+
+def _refused_revision(state: IntentState, number: int, reason: str, now: datetime) -> IntentState:
+    """The exchange refused the order of placement `number`. If that was a modification's order
+    and it is still what is desired, the intent goes back to the last accepted revision (placed
+    again if cancel-replace already cancelled it): a refused change never ends the intent."""
+    placement = state.placement(number)
+    if placement.phase is not PlacementPhase.REFUSED or placement.spec is None:
+        return state
+    accepted = state.accepted
+    revert = (
+        accepted is not None
+        and placement.spec == state.desired
+        and placement.spec != accepted
+        and accepted.amount >= state.filled
+    )
+    refusal = Refusal(
+        revision=placement.revision,
+        reason=f"refused by the exchange: {reason}",
+        reverted_to=state.accepted_revision if revert else None,
+    )
+    state = state.model_copy(update={"refusals": (*state.refusals, refusal)[-KEEP_JUDGMENTS:]})
+    if not revert or accepted is None:
+        return state
+    state = state.model_copy(update={"desired": accepted})
+    return note(
+        state,
+        "modify refused",
+        f"the exchange refused revision {placement.revision} ({reason}): back to revision "
+        f"{state.accepted_revision}, {accepted.summary()}",
+        now,
+    )
+
+
+def change_settled(state: IntentState, revision: int, now: datetime) -> bool:
+    """The change that made `revision` is settled: its order is on the exchange (or needs none:
+    the intent is in sync), the exchange refused it, or the intent has finished."""
+    if state.status.is_terminal or refusal_of(state, revision) is not None:
+        return True
+    if state.accepted_revision is not None and state.accepted_revision >= revision:
+        return True
+    return not state.pending_changes and reconciliation(state, now) in (
+        ReconciliationStatus.IN_SYNC,
+        ReconciliationStatus.STALE,
+    )
+
+
+def refusal_of(state: IntentState, revision: int) -> Refusal | None:
+    return next((r for r in state.refusals if r.revision == revision), None)
 
 
 def observe_absent(state: IntentState, number: int, now: datetime) -> IntentState:
@@ -936,6 +1015,7 @@ def _finish(state: IntentState, action: Finish, now: datetime) -> IntentState:
             revision=state.revision,
         )
         for p in state.pending_changes
+        if p.answered
     )
     return state.model_copy(
         update={
@@ -1024,6 +1104,10 @@ def _judge(state: IntentState, action: Judge, now: datetime) -> IntentState:
         state = apply_change(state, pending.change, now)
     else:
         state = note(state, "modify rejected", action.rejection, now)
+    if not pending.answered:
+        return state  # a signal: its refusal is in the recent actions, nobody waits for it
+    # Kept for the update that waits for it: Temporal admits a few updates in flight per
+    # workflow (10 by default), far fewer than KEEP_JUDGMENTS.
     judgment = Judgment(number=action.number, rejection=action.rejection, revision=state.revision)
     return state.model_copy(update={"judgments": (*state.judgments, judgment)[-KEEP_JUDGMENTS:]})
 

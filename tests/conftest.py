@@ -29,6 +29,18 @@ TASK_QUEUE = "exchange-kernel-tests"
 # Recognisable values: the secret-hygiene checks look for them in histories and logs.
 TEST_KEY_ENV = "EK_TEST_PAPER_KEY"
 TEST_SECRET_ENV = "EK_TEST_PAPER_SECRET"
+# An account that holds what a modest real one does (its own key on the paper exchange): orders
+# beyond it are refused with InsufficientFunds, as a real exchange refuses them.
+REAL_KEY = "ek-test-real-account-key"
+REAL_SECRET = "ek-test-real-account-secret"
+REAL_KEY_ENV = "EK_TEST_REAL_KEY"
+REAL_SECRET_ENV = "EK_TEST_REAL_SECRET"
+REAL_BALANCES = {
+    "USDT": Decimal("2000"),
+    "BTC": Decimal("0.05"),
+    "ETH": Decimal("1"),
+    "SOL": Decimal("10"),
+}
 
 
 @dataclass
@@ -72,6 +84,8 @@ class Paper:
 def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
     os.environ[TEST_KEY_ENV] = DEMO_API_KEY
     os.environ[TEST_SECRET_ENV] = DEMO_SECRET
+    os.environ[REAL_KEY_ENV] = REAL_KEY
+    os.environ[REAL_SECRET_ENV] = REAL_SECRET
     common = {"exchange": "binance", "api_key_env": TEST_KEY_ENV, "secret_env": TEST_SECRET_ENV}
     return {
         # native amend (opted in): ccxt's binance edits with cancelReplace
@@ -98,6 +112,15 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
             held_stops=True,
             **common,
         ),
+        # modest balances (REAL_BALANCES), cancel -> confirm -> place
+        "paper-real": AccountConfig(
+            name="paper-real",
+            base_url=base_url,
+            exchange="binance",
+            api_key_env=REAL_KEY_ENV,
+            secret_env=REAL_SECRET_ENV,
+            options={"has": {"editOrder": False}},
+        ),
     }
 
 
@@ -113,6 +136,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest.fixture(scope="session")
 async def paper() -> AsyncIterator[Paper]:
     async with running_sim(port=0) as server, aiohttp.ClientSession() as session:
+        server.exchange.add_account(REAL_KEY, REAL_SECRET, REAL_BALANCES)
         yield Paper(base_url=server.base_url, session=session, server=server)
 
 

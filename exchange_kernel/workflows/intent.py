@@ -180,14 +180,25 @@ class OrderIntentWorkflow:
         except reconcile.ChangeRejected as exc:  # the intent moved on during the check
             raise _change_rejected(str(exc)) from None
         self.dirty = True
+        revision = self.state.revision
         if any(p.number == number for p in self.state.pending_changes):
-            # A lower amount: answered once judged on the live order's final fills.
+            # A lower amount: judged on the live order's final fills first.
             await workflow.wait_condition(
                 lambda: reconcile.judgment(self.state, number) is not None
             )
             judged = reconcile.judgment(self.state, number)
-            if judged is not None and judged.rejection is not None:
+            assert judged is not None
+            if judged.rejection is not None:
                 raise _change_rejected(judged.rejection)
+            revision = judged.revision
+        # Answered once the exchange has the change (or refused its order: then the intent
+        # works on at its last accepted revision, and the refusal is the answer).
+        await workflow.wait_condition(
+            lambda: reconcile.change_settled(self.state, revision, workflow.now())
+        )
+        refusal = reconcile.refusal_of(self.state, revision)
+        if refusal is not None:
+            raise _change_rejected(refusal.reason)
         return self.state.brief()
 
     async def _check_open_notional(self, change: IntentChange) -> None:

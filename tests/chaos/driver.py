@@ -1677,6 +1677,10 @@ class Chaos:
             for price, amount, n in reachable:
                 if mod.outcome != "accepted":
                     nxt.add((price, amount, n))
+                if mod.outcome == "rejected" and "refused by the exchange" in mod.detail:
+                    # Applied, its order refused: the intent went back to the last accepted
+                    # revision (desired as before), the revision number spent.
+                    nxt.add((price, amount, n + 1))
                 if mod.outcome in ("accepted", "sent", "unknown"):
                     nxt.add((mod.price or price, mod.amount or amount, n + 1))
             reachable = nxt
