@@ -92,6 +92,12 @@ def _read_sources() -> dict[str, bytes]:
 # than the driver decodes states with (and than the workflows' histories were written by).
 SOURCES_AT_IMPORT = _read_sources()
 DEFAULT_SECOND_ACCOUNT = "chaos-second-key:chaos-second-secret"
+REALISTIC_BALANCES = {
+    "USDT": Decimal("8000"),
+    "BTC": Decimal("0.1"),
+    "ETH": Decimal("2"),
+    "SOL": Decimal("40"),
+}
 LIVE = frozenset({"NEW", "PARTIALLY_FILLED"})
 SYMBOLS: dict[str, dict[str, Decimal]] = {
     "BTC/USDT": {"price": Decimal("30000"), "step": Decimal("0.00001")},
@@ -132,6 +138,11 @@ class ChaosConfig:
     # True: account `paper` opts in to ccxt's native edit (Binance cancelReplace), whose known
     # race can overfill (docs/reliability.md); default: both accounts cancel, confirm, place.
     native_amend: bool = False
+    # The second account holds what a modest real account does (orders beyond it are refused
+    # with InsufficientFunds); None: the paper exchange's deep demo balances.
+    second_balances: dict[str, Decimal] | None = field(
+        default_factory=lambda: dict(REALISTIC_BALANCES)
+    )
     # The worker's --max-cached-workflows. 1: nearly every workflow task is a cold start (a
     # full replay, then the new events), the path of temporalio/sdk-python#1591.
     worker_cache: int | None = None
@@ -240,6 +251,11 @@ class Report:
             (
                 "faults: latency",
                 f"{c['latency_windows']} windows, {c['latency_requests']} requests delayed",
+            ),
+            (
+                "faults: lagging reads",
+                f"{c['fault_visibility_lag']} lookups missed a new order ({c['windows_lag']} "
+                "windows led, most with dropped responses)",
             ),
             (
                 "driver",
@@ -643,7 +659,15 @@ class Chaos:
         cfg = self.cfg
         self.log(f"chaos: workdir {self.workdir}")
         async with (
-            running_sim(port=0, accounts=[cfg.account]) as sim,
+            running_sim(
+                port=0,
+                accounts=[cfg.account],
+                balances=(
+                    {self.second_key: cfg.second_balances}
+                    if cfg.second_balances is not None
+                    else None
+                ),
+            ) as sim,
             aiohttp.ClientSession() as session,
         ):
             self.admin = Admin(sim.base_url, session)
@@ -837,7 +861,7 @@ class Chaos:
     async def _faults(self, end: float) -> None:
         assert self.admin is not None
         rng = self.fault_rng
-        every = ["5xx", "429", "drop", "latency"]
+        every = ["5xx", "429", "drop", "latency", "lag"]
         cycle: list[str] = []
         while not await self._sleep(rng.uniform(*self.cfg.fault_off)):
             if time.monotonic() > end - 3:
@@ -855,8 +879,13 @@ class Chaos:
             if "429" in kinds:
                 profile["rate_limit_429"] = round(rng.uniform(0.1, 0.35), 3)
                 profile["retry_after"] = rng.choice([1, 1, 2])
+            if lead == "lag" and "drop" not in kinds and rng.random() < 0.7:
+                kinds.append("drop")  # lagging reads with lost create answers: the hard mix
             if "drop" in kinds:
                 profile["drop_response"] = round(rng.uniform(0.15, 0.45), 3)
+            if "lag" in kinds:
+                # Up to the kernel's grace (reconcile.VISIBILITY_GRACE, 5 s).
+                profile["visibility_lag_ms"] = rng.choice([300, 1000, 3000])
             if "latency" in kinds:
                 high = rng.choice([300, 800, 2000])
                 profile["latency_ms"] = [rng.randint(0, high // 4), high]
