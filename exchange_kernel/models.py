@@ -825,6 +825,15 @@ class IntentStart(Value):
     max_run_events: int = Field(default=1000, ge=10)
 
 
+class IntentSignal(Value):
+    """A signal for every running intent of an account (of one symbol, if given)."""
+
+    account: str
+    symbol: str | None = None
+    signal: str
+    arg: str | None = None
+
+
 class HaltRequest(Value):
     """The kill switch: refuse new risk on an account (or one symbol of it)."""
 

@@ -163,6 +163,14 @@ class Judge(Value):
     reason: str
 
 
+class Revert(Value):
+    """Go back to the last accepted revision: the account is halted and what is desired now
+    adds risk to it (a change accepted just before the halt, not yet on the exchange)."""
+
+    kind: Literal["revert"] = "revert"
+    reason: str
+
+
 class Wait(Value):
     """Nothing to do until something changes, or `after` has passed (None: until a change)."""
 
@@ -191,11 +199,12 @@ Action = (
     | Report
     | Expire
     | Judge
+    | Revert
     | Wait
     | Finish
 )
 # Actions that only the state records: no exchange call, no message to another workflow.
-BOOKKEEPING = (Expire, Judge, Finish)
+BOOKKEEPING = (Expire, Judge, Revert, Finish)
 
 
 # --- outcomes: what executing an action gave ------------------------------------------------------
@@ -235,6 +244,7 @@ class Unanswered(Value):
 class RulesLoaded(Value):
     kind: Literal["rules_loaded"] = "rules_loaded"
     rules: MarketRules
+    halted: str | None = None  # the account's kill switch as its sync had it then
 
 
 class PriceCrossed(Value):
@@ -442,9 +452,23 @@ def _converge(state: IntentState, now: datetime) -> Action:
             reason=f"change {pending.number}: {describe_change(pending.change)}",
         )
 
+    if state.halted is not None and state.accepted is not None and _adds_risk(state):
+        return Revert(
+            reason=f"account {state.intent.account} is halted ({state.halted}): revision "
+            f"{state.revision} adds risk, back to revision {state.accepted_revision}"
+        )
     if current is not None:
         return _plan_live(state, current, now)
     return _plan_idle(state, now)
+
+
+def _adds_risk(state: IntentState) -> bool:
+    """What is desired adds risk to the last revision the exchange accepted."""
+    accepted, desired = state.accepted, state.desired
+    if accepted is None or desired.reduce_only or accepted == desired:
+        return False
+    change = IntentChange(price=desired.price, amount=desired.amount, stop_price=desired.stop_price)
+    return increases_risk(accepted, change)
 
 
 def _plan_live(state: IntentState, current: Placement, now: datetime) -> Action:
@@ -539,7 +563,16 @@ def _plan_idle(state: IntentState, now: datetime) -> Action:
     remaining = desired.amount - state.filled
     if not state.placements:
         if state.holds_stop:
+            # Released while halted too: a stop is how a position is protected.
             return _plan_held_stop(state, remaining, now)
+        if state.halted is not None and not desired.reduce_only:
+            # The kill switch: no new risk (a halt set after the client's check, before the
+            # workflow started, reaches it through its rules load).
+            return Finish(
+                status=IntentStatus.REJECTED,
+                reason=f"account {state.intent.account} is halted ({state.halted}): no new "
+                "risk is placed",
+            )
         return Place(placement=_next_placement(state, remaining), reason="new intent")
     last = state.placements[-1]
     phase = last.phase
@@ -710,6 +743,8 @@ def record(
         case LoadRules():
             if isinstance(outcome, RulesLoaded):
                 state = state.model_copy(update={"rules": outcome.rules})
+                if outcome.halted is not None:
+                    state = set_halted(state, outcome.halted, now)
             elif isinstance(outcome, Refused):
                 state = state.model_copy(
                     update={"rules_failure": outcome.reason, "rules_refused": True}
@@ -768,6 +803,18 @@ def record(
         case Judge():
             state = _log(state, action, now)
             state = _judge(state, action, now)
+        case Revert(reason=reason):
+            state = _log(state, action, now)
+            if state.accepted is not None:
+                refusal = Refusal(
+                    revision=state.revision, reason=reason, reverted_to=state.accepted_revision
+                )
+                state = state.model_copy(
+                    update={
+                        "desired": state.accepted,
+                        "refusals": (*state.refusals, refusal)[-KEEP_JUDGMENTS:],
+                    }
+                )
         case Finish():
             state = _finish(state, action, now)
             return state

@@ -20,6 +20,7 @@ from exchange_kernel.accounts import (
     ensure_capabilities,
 )
 from exchange_kernel.activities.exchange import ExchangeActivities
+from exchange_kernel.activities.kernel import KernelActivities
 from exchange_kernel.connection import (
     MAX_CACHED_WORKFLOWS,
     TASK_QUEUE,
@@ -125,6 +126,7 @@ def build_worker(
     if max_cached_workflows < 1:
         raise ValueError("max_cached_workflows must be at least 1")
     activities = ExchangeActivities(pool).all()
+    kernel_activities = KernelActivities(client).all()
     # Each worker running workflows evicts a run after a legacy query that loaded it advanced
     # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
     main_guard, syncs_guard = QueryGuardRunner(WORKFLOW_RUNNER), QueryGuardRunner(WORKFLOW_RUNNER)
@@ -132,7 +134,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=activities,
+        activities=[*activities, *kernel_activities],
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=main_guard,
         max_cached_workflows=max_cached_workflows,
@@ -152,6 +154,7 @@ def build_worker(
         client,
         task_queue=sync_task_queue(task_queue),
         workflows=[AccountSyncWorkflow],
+        activities=kernel_activities,
         workflow_runner=syncs_guard,
         max_cached_workflows=max_cached_workflows,
     )

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from exchange_kernel.models import (
         ExchangeOrder,
         HaltRequest,
+        IntentSignal,
         OrderLookup,
         ScanRequest,
         SyncRequest,
@@ -139,6 +140,11 @@ class AccountSyncWorkflow:
                         self._signal(intent_id, "cancel", f"kill switch: {request.reason}")
                     )
         await asyncio.gather(*sends)
+        # Every other running intent of the scope too (adopted orders, intents that poll or
+        # are still loading their rules): found in visibility.
+        await self._tell_all(request.symbol, "halted", request.reason)
+        if request.cancel_all:
+            await self._tell_all(request.symbol, "cancel", f"kill switch: {request.reason}")
         return dict(self.halt_reasons)
 
     @workflow.update
@@ -153,7 +159,24 @@ class AccountSyncWorkflow:
             if scope in ("*", watched_symbol)
         ]
         await asyncio.gather(*sends)
+        await self._tell_all(symbol, "halted", self.halt_reasons.get("*"))
+        if symbol is None:
+            # Symbols halted on their own stay halted.
+            for halted_symbol, reason in sorted(self.halt_reasons.items()):
+                if halted_symbol != "*":
+                    await self._tell_all(halted_symbol, "halted", reason)
         return dict(self.halt_reasons)
+
+    async def _tell_all(self, symbol: str | None, signal: str, arg: str | None) -> None:
+        await workflow.execute_activity(
+            "signal_account_intents",
+            IntentSignal(account=self.start.account, symbol=symbol, signal=signal, arg=arg),
+            result_type=int,
+            task_queue=workflow.info().task_queue,
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=EXCHANGE_RETRY,
+            summary=f"{signal} to every intent of {self.start.account} ({symbol or 'all'})",
+        )
 
     @workflow.update
     async def scan(self, symbols: tuple[str, ...]) -> tuple[ExchangeOrder, ...]:

@@ -383,6 +383,7 @@ class OrderIntentWorkflow:
         activity, whose attempts and last failure show as a pending activity in the UI."""
         request = MarketRequest(account=self.state.intent.account, symbol=self.state.desired.symbol)
         summary = f"market rules of {request.symbol}"
+        rules: MarketRules | None = None
         try:
             rules = await workflow.execute_local_activity(
                 "load_market",
@@ -392,7 +393,6 @@ class OrderIntentWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=1),
                 summary=summary,
             )
-            return RulesLoaded(rules=rules)
         except (ActivityError, ApplicationError) as error:
             # A rejection (unknown symbol, a pre-trade limit) is final; anything else: retry.
             refusal = _rejection(error)
@@ -400,11 +400,28 @@ class OrderIntentWorkflow:
                 return Refused(reason=refusal)
         except TimeoutError:
             pass
+        if rules is None:
+            try:
+                rules = await self._activity("load_market", request, MarketRules, summary)
+            except ActivityError as error:
+                return _failure(error)
+        return RulesLoaded(rules=rules, halted=await self._account_halt(request))
+
+    async def _account_halt(self, request: MarketRequest) -> str | None:
+        """The kill switch as the account's sync has it now: a halt set after a client checked
+        it, before this workflow started, still stops the first order. Unreadable (Temporal
+        busy): None; the sync's own signal reaches the intent soon after."""
         try:
-            rules = await self._activity("load_market", request, MarketRules, summary)
-        except ActivityError as error:
-            return _failure(error)
-        return RulesLoaded(rules=rules)
+            return await workflow.execute_local_activity(
+                "account_halt",
+                request,
+                result_type=str | None,  # type: ignore[arg-type]
+                schedule_to_close_timeout=LOCAL_RULES_BUDGET,
+                retry_policy=RetryPolicy(maximum_attempts=2),
+                summary=f"kill switch of {request.account}",
+            )
+        except (ActivityError, ApplicationError, TimeoutError):
+            return None
 
     async def _watch_price(self, action: reconcile.WatchPrice) -> Outcome:
         """Hold a stop: watch the last price until it crosses the stop, the plan changes (a
