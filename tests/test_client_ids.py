@@ -69,12 +69,12 @@ def workflow_ids(intent_id: str, exchange: str | None, count: int) -> list[str]:
     state = state_for(intent_id, exchange)
     ids = []
     for number in range(count):
-        action = reconcile.plan(state)
+        action = reconcile.plan(state, NOW)
         assert isinstance(action, reconcile.Place), action
         assert action.placement.number == number
         ids.append(action.placement.client_order_id)
-        state = reconcile.start(state, action, NOW)
-        state = reconcile.observe_absent(state, number, NOW)
+        state = reconcile.begin(state, action, NOW)
+        state = reconcile.record(state, action, reconcile.Observed(order=None), NOW)
     return ids
 
 
@@ -146,7 +146,7 @@ def test_rules_without_an_exchange_give_the_ids_they_always_gave(intent_id: str)
         desired=spec,
         rules=old,
     )
-    action = reconcile.plan(state)
+    action = reconcile.plan(state, NOW)
     assert isinstance(action, reconcile.Place)
     expected = f"ek-{intent_digest(intent_id)}-0"
     assert action.placement.client_order_id == expected == client_order_id(intent_id, 0)

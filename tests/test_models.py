@@ -22,6 +22,8 @@ from exchange_kernel.models import (
     OrderSpec,
     OrderType,
     Placement,
+    PlacementPhase,
+    ReconciliationStatus,
     Side,
     TimeInForce,
     client_order_id,
@@ -404,7 +406,6 @@ def test_intent_state_round_trips_through_json_mode() -> None:
         amount=Decimal("0.5"),
         filled=Decimal("0.2"),
         average_price=Decimal("30000.1"),
-        fills=(fill,),
     )
     placement = Placement(
         number=0,
@@ -412,18 +413,25 @@ def test_intent_state_round_trips_through_json_mode() -> None:
         revision=0,
         price=Decimal("30000.1"),
         amount=Decimal("0.5"),
+        phase=PlacementPhase.OPEN,
         order=order,
+        fills=(fill,),
+        observed_at=at,
     )
     state = IntentState(
         intent=intent(),
         desired=spec(),
         placements=(placement,),
-        fills=(fill,),
+        next_placement=1,
         rules=MarketRules(symbol="BTC/USDT", tick_size=Decimal("0.1")),
+        reconciliation_status=ReconciliationStatus.STALE,
         last_sync_at=at,
     )
     again = IntentState.model_validate(state.model_dump(mode="json"))
     assert again == state
+    assert again.placements[0].phase is PlacementPhase.OPEN
+    assert again.reconciliation_status is ReconciliationStatus.STALE
+    assert again.fills == (fill,)
     assert again.filled == Decimal("0.2")
     assert again.fees == {"BTC": Decimal("0.0002")}
 
