@@ -10,14 +10,21 @@ Two limits come from the accounts file:
   (`exchange_kernel.activities.exchange`); this module says when a check is due and how a
   breach reads.
 
-Market orders are not counted and not checked: they have no price to value them at, and they
-never rest, so they are not part of any open notional once they have run.
+An order without a price (market, stop-market) is valued at the symbol's last price (ccxt
+`fetch_ticker`, read by the activity right before the order is placed) plus a margin of
+`UNPRICED_MARGIN` = 5%, for the slippage a market order can meet between that look and its
+fills: both limits then apply to it as to a limit order (per intent: amount x last price
+x 1.05; per symbol: that, added to what rests). A stop-market the exchange holds is valued at
+the higher of its stop price and the last price; a stop-market the workflow holds is checked
+when it triggers, as the market order it then becomes. No last price: refused (a risk limit
+that cannot be checked does not let the order through).
 
 Imported by workflow code: standard library and models only, nothing non-deterministic.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 from exchange_kernel.models import (
@@ -29,6 +36,9 @@ from exchange_kernel.models import (
 )
 
 OPEN_NOTIONAL_LIMIT = "max_open_notional_per_symbol"
+INTENT_NOTIONAL_LIMIT = "max_notional_per_intent"
+# Added to the last price when an order without a price is valued (see the docstring).
+UNPRICED_MARGIN = Decimal("0.05")
 
 
 class PreTradeLimitExceeded(Exception):
@@ -47,17 +57,64 @@ def quote_of(symbol: str) -> str:
 
 
 def open_notional_breach(
-    symbol: str, resting: Decimal, adding: Decimal, limit: Decimal
+    symbol: str, resting: Decimal, adding: Decimal, limit: Decimal, valued: str | None = None
 ) -> str | None:
-    """The rejection reason if `resting` + `adding` is above `limit`; None when within it."""
+    """The rejection reason if `resting` + `adding` is above `limit`; None when within it.
+    `valued` says how an order without a price was valued (`Valuation.text`)."""
     total = resting + adding
     if total <= limit:
         return None
     quote = quote_of(symbol)
+    how = f": {valued}" if valued else ""
     return (
         f"open notional on {symbol} would be {amount_text(total)} {quote} "
-        f"({amount_text(resting)} resting + {amount_text(adding)} for this intent), above the "
-        f"account's pre-trade limit {OPEN_NOTIONAL_LIMIT} = {amount_text(limit)}"
+        f"({amount_text(resting)} resting + {amount_text(adding)} for this intent{how}), above "
+        f"the account's pre-trade limit {OPEN_NOTIONAL_LIMIT} = {amount_text(limit)}"
+    )
+
+
+@dataclass(frozen=True)
+class Valuation:
+    """What an order without a price is taken to be worth: amount x reference price + margin."""
+
+    amount: Decimal
+    price: Decimal  # the last price, or a held-by-the-exchange stop's stop price if higher
+    price_name: str  # "last price" or "stop price"
+
+    @property
+    def notional(self) -> Decimal:
+        return self.amount * self.price * (1 + UNPRICED_MARGIN)
+
+    @property
+    def text(self) -> str:
+        margin = amount_text(UNPRICED_MARGIN * 100)
+        return (
+            f"{amount_text(self.amount)} x {self.price_name} {amount_text(self.price)} + {margin}%"
+        )
+
+
+def value_unpriced(
+    amount: Decimal, last: Decimal | None, stop_price: Decimal | None = None
+) -> Valuation | None:
+    """The valuation of an order without a price; None if there is nothing to value it at.
+
+    A stop the exchange holds fills around its stop price, so it is valued at the higher of
+    that and the last price (a buy stop sits above the last price; a sell stop below it)."""
+    if stop_price is not None and (last is None or stop_price > last):
+        return Valuation(amount=amount, price=stop_price, price_name="stop price")
+    if last is None:
+        return None
+    return Valuation(amount=amount, price=last, price_name="last price")
+
+
+def intent_notional_breach(symbol: str, valuation: Valuation, limit: Decimal | None) -> str | None:
+    """The rejection reason if an order without a price is above max_notional_per_intent."""
+    if limit is None or valuation.notional <= limit:
+        return None
+    return (
+        f"notional {amount_text(valuation.notional)} {quote_of(symbol)} ({valuation.text}) of "
+        f"this market order is above the account's pre-trade limit {INTENT_NOTIONAL_LIMIT} = "
+        f"{amount_text(limit)}"
     )
 
 
@@ -94,7 +151,7 @@ def modify_check(state: IntentState, change: IntentChange) -> OpenNotionalReques
     desired = state.desired
     price = change.price if change.price is not None else desired.price
     if price is None or desired.price is None:
-        return None  # a market order: not counted (see the module's docstring)
+        return None  # a market order: it never rests, so it is never modified
     amount = change.amount if change.amount is not None else desired.amount
     before = max(desired.amount - state.filled, Decimal(0)) * desired.price
     after = max(amount - state.filled, Decimal(0)) * price

@@ -23,7 +23,13 @@ from temporalio.worker import Replayer
 
 from exchange_kernel.accounts import AccountConfig, AccountConfigError, ExchangePool, load_accounts
 from exchange_kernel.client import IntentClient, IntentRejected
-from exchange_kernel.limits import modify_check, open_notional_breach, replaced_notional
+from exchange_kernel.limits import (
+    intent_notional_breach,
+    modify_check,
+    open_notional_breach,
+    replaced_notional,
+    value_unpriced,
+)
 from exchange_kernel.models import (
     ExchangeOrder,
     ExchangeOrderStatus,
@@ -50,6 +56,8 @@ KEY_ENV, SECRET_ENV = "EK_TEST_LIMITS_KEY", "EK_TEST_LIMITS_SECRET"
 AMEND, REPLACE = "limited", "limited-replace"
 # A table: BTC/USDT has its own limit, every other symbol the "*" one.
 TABLE = "limited-table"
+# max_notional_per_intent = 1000 alone (no open-notional limit).
+PER_INTENT = "limited-per-intent"
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
 LIMIT_NAMED = "above the account's pre-trade limit max_open_notional_per_symbol = 1000"
 
@@ -77,6 +85,7 @@ def limits_accounts(base_url: str) -> dict[str, AccountConfig]:
             max_open_notional_per_symbol={"BTC/USDT": "1000", "*": "5000"},
             **common,
         ),
+        PER_INTENT: AccountConfig(name=PER_INTENT, max_notional_per_intent="1000", **common),
     }
 
 
@@ -217,12 +226,100 @@ async def test_a_per_symbol_table_gives_each_symbol_its_limit(stack: Stack) -> N
     assert LIMIT_NAMED in (final.outcome_reason or "")
 
 
-async def test_market_orders_are_not_counted_nor_refused(stack: Stack) -> None:
-    await stack.by_hand("BTC/USDT", "0.04", "29000")  # 1160: already above the limit
-    market = await stack.submit(
-        new_intent(amount="0.001", price=None, type="market", account=AMEND)
+# --- orders without a price: market, stop-market (valued at the last price + 5%) ---------------
+
+PER_INTENT_NAMED = "above the account's pre-trade limit max_notional_per_intent = 1000"
+
+
+async def test_market_buy_above_max_notional_per_intent_is_refused_before_the_exchange(
+    stack: Stack,
+) -> None:
+    posts = await stack.order_posts()
+    intent = await stack.submit(
+        new_intent(amount="50", price=None, type="market", account=PER_INTENT)
     )
-    final = await stack.finished(market)
+    final = await stack.finished(intent)
+    assert final.status is IntentStatus.REJECTED
+    assert final.outcome_reason == (
+        "notional 1575000 USDT (50 x last price 30000 + 5%) of this market order is "
+        f"{PER_INTENT_NAMED}"
+    )
+    assert await exchange_orders(stack.paper, intent) == []  # the exchange's ledger
+    assert await stack.order_posts() == posts  # its request log: nothing was sent
+
+
+async def test_market_buy_within_max_notional_per_intent_goes_through(stack: Stack) -> None:
+    # 0.031 x 30000 = 930, + 5% = 976.5: within 1000.
+    intent = await stack.submit(
+        new_intent(amount="0.031", price=None, type="market", account=PER_INTENT)
+    )
+    final = await stack.finished(intent)
+    assert final.status is IntentStatus.FILLED
+    assert [o["status"] for o in await exchange_orders(stack.paper, intent)] == ["FILLED"]
+
+    # The margin counts: 0.032 x 30000 = 960 would pass without it, 1008 does not.
+    refused = await stack.submit(
+        new_intent(amount="0.032", price=None, type="market", account=PER_INTENT)
+    )
+    final = await stack.finished(refused)
+    assert final.status is IntentStatus.REJECTED
+    assert "notional 1008 USDT (0.032 x last price 30000 + 5%)" in (final.outcome_reason or "")
+    assert await exchange_orders(stack.paper, refused) == []
+
+
+async def test_stop_market_above_max_notional_per_intent_is_refused_with_nothing_sent(
+    stack: Stack,
+) -> None:
+    # Binance spot has no stop-market order: the workflow holds it, and its market order is
+    # valued at the last price when the stop triggers.
+    posts = await stack.order_posts()
+    intent = await stack.submit(
+        new_intent(
+            amount="0.05", price=None, stop_price="31000", type="stop_market", account=PER_INTENT
+        )
+    )
+    await stack.intents.wait_for(intent.intent_id, lambda s: s.stop_held)
+    await stack.paper.move_price("BTC/USDT", "31000")
+    final = await stack.finished(intent)
+    assert final.status is IntentStatus.REJECTED
+    assert final.outcome_reason == (
+        "notional 1627.5 USDT (0.05 x last price 31000 + 5%) of this market order is "
+        f"{PER_INTENT_NAMED}"
+    )
+    assert await exchange_orders(stack.paper, intent) == []
+    assert await stack.order_posts() == posts
+
+
+async def test_stop_market_within_max_notional_per_intent_goes_through(stack: Stack) -> None:
+    intent = await stack.submit(
+        new_intent(
+            amount="0.03", price=None, stop_price="31000", type="stop_market", account=PER_INTENT
+        )
+    )
+    await stack.intents.wait_for(intent.intent_id, lambda s: s.stop_held)
+    await stack.paper.move_price("BTC/USDT", "31000")  # 0.03 x 31000 + 5% = 976.5
+    final = await stack.finished(intent)
+    assert final.status is IntentStatus.FILLED
+    assert [o["status"] for o in await exchange_orders(stack.paper, intent)] == ["FILLED"]
+
+
+async def test_market_orders_count_towards_open_notional(stack: Stack) -> None:
+    await stack.by_hand("BTC/USDT", "0.03", "29000")  # 870 resting
+    posts = await stack.order_posts()
+    refused = await stack.submit(
+        new_intent(amount="0.01", price=None, type="market", account=AMEND)
+    )
+    final = await stack.finished(refused)
+    assert final.status is IntentStatus.REJECTED
+    assert final.outcome_reason == (
+        "open notional on BTC/USDT would be 1185 USDT (870 resting + 315 for this intent: "
+        f"0.01 x last price 30000 + 5%), {LIMIT_NAMED}"
+    )
+    assert await exchange_orders(stack.paper, refused) == []
+    assert await stack.order_posts() == posts
+
+    fits = await stack.submit(new_intent(amount="0.004", price=None, type="market", account=AMEND))
+    final = await stack.finished(fits)  # 870 + 126
     assert final.status is IntentStatus.FILLED
 
 
@@ -298,22 +395,26 @@ async def test_modification_reducing_notional_goes_through_over_the_limit(
 
 
 @pytest.mark.parametrize("account", [AMEND, REPLACE])
-async def test_signal_modification_raising_open_notional_ends_the_intent_rejected(
+async def test_signal_modification_raising_open_notional_is_refused_and_the_intent_works_on(
     stack: Stack, account: str
 ) -> None:
-    # A signal cannot answer: the replacement's own check refuses it, and the intent ends
-    # rejected with the reason (its resting order cancelled on the way).
+    # A signal cannot answer: the replacement's own check refuses it, the refusal is recorded
+    # with the reason, and the intent goes on working at its last accepted revision (placed
+    # again if cancel-replace had cancelled it), like any modification the exchange refuses.
     other = await stack.submit(new_intent(amount="0.02", price="29000", account=account))  # 580
     await stack.resting(other)
     intent = await stack.submit(new_intent(amount="0.01", price="29000", account=account))
     await stack.resting(intent)
 
     await stack.intents.signal_modify(intent.intent_id, amount="0.03")  # 580 + 870
-    final = await stack.finished(intent)
-    assert final.status is IntentStatus.REJECTED
-    assert "would be 1450 USDT (580 resting + 870 for this intent)" in (final.outcome_reason or "")
-    assert live(await exchange_orders(stack.paper, intent)) == []
-    assert [o["amount"] for o in await exchange_orders(stack.paper, intent)] == ["0.01"]
+    state = await stack.intents.wait_for(
+        intent.intent_id, lambda s: resting(s) and bool(s.refusals)
+    )
+    assert state.status is IntentStatus.OPEN
+    assert state.desired.amount == Decimal("0.01")
+    assert "would be 1450 USDT (580 resting + 870 for this intent)" in state.refusals[-1].reason
+    assert [o["amount"] for o in live(await exchange_orders(stack.paper, intent))] == ["0.01"]
+    assert "0.03" not in [o["amount"] for o in await exchange_orders(stack.paper, intent)]
 
 
 # --- the accounts file --------------------------------------------------------------------------
@@ -441,3 +542,21 @@ def test_max_notional_per_intent_applies_on_a_market_without_a_minimum_notional(
     assert rules.violations(spec) == [
         "notional 2900.0 is above the account's pre-trade limit max_notional_per_intent = 1000"
     ]
+
+
+def test_an_order_without_a_price_is_valued_at_the_last_price_plus_the_margin() -> None:
+    market = value_unpriced(Decimal("0.05"), Decimal("30000.0"))
+    assert market is not None and market.notional == Decimal("1575")
+    assert market.text == "0.05 x last price 30000 + 5%"
+    # A stop-market the exchange holds fills around its stop: the higher of the two counts.
+    buy_stop = value_unpriced(Decimal("0.05"), Decimal("30000"), stop_price=Decimal("31000"))
+    assert buy_stop is not None and buy_stop.text == "0.05 x stop price 31000 + 5%"
+    sell_stop = value_unpriced(Decimal("0.05"), Decimal("30000"), stop_price=Decimal("29000"))
+    assert sell_stop is not None and sell_stop.price == Decimal("30000")
+    assert value_unpriced(Decimal("0.05"), None) is None  # nothing to value it at: refused
+    assert intent_notional_breach("BTC/USDT", market, None) is None
+    assert intent_notional_breach("BTC/USDT", market, Decimal("1575")) is None
+    assert intent_notional_breach("BTC/USDT", market, Decimal("1574.99")) == (
+        "notional 1575 USDT (0.05 x last price 30000 + 5%) of this market order is above the "
+        "account's pre-trade limit max_notional_per_intent = 1574.99"
+    )

@@ -25,7 +25,13 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 from exchange_kernel import client_ids
 from exchange_kernel.accounts import ExchangePool, held_stop_types
 from exchange_kernel.activities.errors import to_application_error
-from exchange_kernel.limits import PreTradeLimitExceeded, open_notional_breach
+from exchange_kernel.limits import (
+    PreTradeLimitExceeded,
+    Valuation,
+    intent_notional_breach,
+    open_notional_breach,
+    value_unpriced,
+)
 from exchange_kernel.models import (
     AmendRequest,
     AmendResult,
@@ -272,19 +278,35 @@ class ExchangeActivities:
         self, client: Any, order: OrderRequest, exclude: tuple[str, ...] = ()
     ) -> AsyncIterator[None]:
         """Run the body (the exchange call that creates `order`) only if the account's open
-        notional on the symbol stays within max_open_notional_per_symbol with `order` added.
+        notional on the symbol stays within max_open_notional_per_symbol with `order` added,
+        and, for an order without a price, its value is within max_notional_per_intent.
 
-        Not checked: accounts without the limit, market orders (no price, they never rest),
-        and orders that do not add to what the intent had resting in the order they replace.
+        An order without a price (market, stop-market) is valued here, at the last price plus
+        a margin (`limits.value_unpriced`): only the activity can read the last price. An
+        order with a price was held to max_notional_per_intent by the workflow already
+        (`MarketRules.violations`). Not checked: accounts without the limits, and orders that
+        do not add to what the intent had resting in the order they replace.
         """
+        config = self.pool.accounts.get(order.account)
+        intent_limit = config.max_notional_per_intent if config is not None else None
         limit = self._open_notional_limit(order.account, order.symbol)
-        adding = order.amount * order.price if order.price is not None else Decimal(0)
+        valued: str | None = None
+        if order.price is not None:
+            adding = order.amount * order.price
+        elif limit is None and intent_limit is None:
+            adding = Decimal(0)
+        else:
+            valuation = await value_unpriced_order(client, order)
+            breach = intent_notional_breach(order.symbol, valuation, intent_limit)
+            if breach is not None:
+                raise PreTradeLimitExceeded(breach)
+            adding, valued = valuation.notional, valuation.text
         if limit is None or adding <= order.replaced_notional:
             yield
             return
         lock = self._open_notional_locks.setdefault((order.account, order.symbol), asyncio.Lock())
         async with lock:
-            await refuse_open_notional_breach(client, order.symbol, adding, limit, exclude)
+            await refuse_open_notional_breach(client, order.symbol, adding, limit, exclude, valued)
             yield
 
     @activity.defn
@@ -530,26 +552,46 @@ def create_args(request: OrderRequest) -> tuple[str, str, str, str, str | None, 
 
 
 async def refuse_open_notional_breach(
-    client: Any, symbol: str, adding: Decimal, limit: Decimal, exclude: tuple[str, ...]
+    client: Any,
+    symbol: str,
+    adding: Decimal,
+    limit: Decimal,
+    exclude: tuple[str, ...],
+    valued: str | None = None,
 ) -> None:
     """PreTradeLimitExceeded if the open orders on `symbol` (but `exclude`) plus `adding` are
-    above `limit`."""
+    above `limit`; `valued` says how `adding` was valued, for an order without a price."""
     resting = await resting_notional(client, symbol, exclude)
-    breach = open_notional_breach(symbol, resting, adding, limit)
+    breach = open_notional_breach(symbol, resting, adding, limit, valued)
     if breach is not None:
         raise PreTradeLimitExceeded(breach)
+
+
+async def value_unpriced_order(client: Any, order: OrderRequest) -> Valuation:
+    """A market or stop-market order valued at the last price (+ margin), fetched now;
+    PreTradeLimitExceeded when the exchange gives no last price to value it at."""
+    ticker = await client.fetch_ticker(order.symbol)
+    valuation = value_unpriced(order.amount, dec(ticker.get("last")) or None, order.stop_price)
+    if valuation is None:
+        raise PreTradeLimitExceeded(
+            f"no last price of {order.symbol} to value this market order at: the account's "
+            "pre-trade limits cannot be checked"
+        )
+    return valuation
 
 
 async def resting_notional(client: Any, symbol: str, exclude: tuple[str, ...] = ()) -> Decimal:
     """Remaining x price over the account's open orders on `symbol`, except `exclude` (client
     order ids). Every open order counts, buys and sells, the kernel's and those placed by hand;
-    one without a price (a market order caught open) cannot be valued and is left out."""
+    a stop-market resting on the exchange counts at its stop price; one without any price (a
+    market order caught open) cannot be valued and is left out."""
     total = Decimal(0)
     for raw in await client.fetch_open_orders(symbol):
         order = to_exchange_order(raw)
-        if order.client_order_id in exclude or order.price is None:
+        price = order.price or order.stop_price
+        if order.client_order_id in exclude or price is None:
             continue
-        total += max(order.remaining, Decimal(0)) * order.price
+        total += max(order.remaining, Decimal(0)) * price
     return total
 
 
