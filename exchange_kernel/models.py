@@ -224,6 +224,10 @@ class OrderSpec(Value):
             raise ValueError("stop_price: only a stop_limit or stop_market order takes one")
         if self.post_only and self.time_in_force is not TimeInForce.GTC:
             raise ValueError("post_only: a post-only order must be GTC")
+        if self.post_only and self.type.is_stop:
+            # ccxt sends a post-only stop-limit to Binance spot as a plain LIMIT_MAKER: the
+            # trigger would be lost.
+            raise ValueError("post_only: a stop order cannot be post-only")
         return self
 
     @property
@@ -258,6 +262,20 @@ class OrderIntent(Value):
     expires_at: datetime | None = Field(
         default=None, description="good till this time: then cancelled, outcome expired"
     )
+    # A stop the workflow holds even where the exchange takes stop orders (nothing is locked
+    # on the exchange until it triggers: a bracket's stop-loss beside its resting take-profit).
+    hold_stop: bool = False
+    # Once triggered, the held stop waits for its group's `release` (the group first cancels
+    # the take-profit that locks what the stop-loss is to sell).
+    release_by_group: bool = False
+
+    @model_validator(mode="after")
+    def _held(self) -> Self:
+        if (self.hold_stop or self.release_by_group) and not self.order.type.is_stop:
+            raise ValueError("hold_stop / release_by_group: only a stop order can be held")
+        if self.release_by_group and (self.group_id is None or not self.hold_stop):
+            raise ValueError("release_by_group: a held stop (hold_stop) of a group only")
+        return self
 
     @field_validator("expires_at")
     @classmethod
@@ -627,8 +645,10 @@ class IntentState(Value):
     # The account sync has completed no round since this time (its view lapsed): stale.
     watch_lapsed_since: datetime | None = None
     poll_interval: timedelta = timedelta(seconds=1)
-    # What was last reported to the intent's group (filled, status), or None; no group: True.
-    group_reported: tuple[Money, IntentStatus] | None = None
+    # What was last reported to the intent's group, or None.
+    group_reported: MemberUpdate | None = None
+    # A held stop's release by its group (`OrderIntent.release_by_group`).
+    released: bool = False
     group_missing: bool = False
     last_sync_at: datetime | None = None  # the last observation of any of its orders
     recent_actions: tuple[ActionRecord, ...] = ()
@@ -639,6 +659,8 @@ class IntentState(Value):
     @property
     def holds_stop(self) -> bool:
         """The intent is a stop that the workflow holds instead of the exchange."""
+        if self.intent.hold_stop and self.desired.type.is_stop:
+            return True
         return self.rules is not None and self.rules.holds(self.desired.type)
 
     @property
@@ -904,6 +926,10 @@ class SyncResult(Value):
     # Only when the activity had no snapshot of the previous round (a new or restarted
     # worker): every open client order id, so the workflow can resync what it cannot diff.
     open_client_order_ids: tuple[str, ...] | None = None
+    # The task queue of the worker process that served the round and now holds its snapshot
+    # (`connection.worker_sync_queue`): the workflow schedules the next round there. None: a
+    # worker that has none (e.g. older): the next round goes to the account's queue.
+    worker_queue: str | None = None
 
 
 # --- contingent orders ---------------------------------------------------------------------
@@ -1018,6 +1044,10 @@ class MemberUpdate(Value):
     intent_id: str
     filled: Money
     status: IntentStatus
+    # A held stop that has triggered and waits for the group's release (`release_by_group`).
+    triggered: bool = False
+    # Fees paid so far, by currency (a spot buy may pay in the base asset: exits sized net).
+    fees: dict[str, Money] = Field(default_factory=dict)
 
 
 class GroupState(Value):

@@ -632,6 +632,11 @@ def _plan_held_stop(state: IntentState, remaining: Decimal, now: datetime) -> Ac
             after=_until_expiry(state, now),
             reason=f"stop held by the workflow: triggers when {condition}{seen}",
         )
+    if state.intent.release_by_group and not state.released:
+        return Wait(
+            reason=f"held stop triggered (last price {last}, {condition}): waiting for the "
+            "group to free what it sells"
+        )
     released = desired.type.released_as
     at = "market" if desired.price is None else f"{desired.price}"
     return Place(
@@ -644,12 +649,35 @@ def _plan_held_stop(state: IntentState, remaining: Decimal, now: datetime) -> Ac
 def _report_due(state: IntentState) -> Report | None:
     if state.intent.group_id is None or state.group_missing:
         return None
-    if state.group_reported == (state.filled, state.status):
-        return None
     update = MemberUpdate(
-        intent_id=state.intent.intent_id, filled=state.filled, status=state.status
+        intent_id=state.intent.intent_id,
+        filled=state.filled,
+        status=state.status,
+        triggered=awaits_release(state),
+        fees=state.fees,
     )
+    if state.group_reported == update:
+        return None
     return Report(update=update, reason=f"{state.status.value}, filled {state.filled}")
+
+
+def awaits_release(state: IntentState) -> bool:
+    """A held stop of a group that has triggered and waits for the group's release."""
+    desired = state.desired
+    if not (state.intent.release_by_group and state.stop_held and not state.released):
+        return False
+    last = state.last_price
+    assert desired.stop_price is not None
+    return last is not None and stop_crossed(desired.side, desired.stop_price, last)
+
+
+def release(state: IntentState, now: datetime) -> IntentState:
+    """The group freed what the triggered stop sells: it may place now."""
+    if state.released:
+        return state
+    return refresh(
+        note(state.model_copy(update={"released": True}), "released", "by its group", now), now
+    )
 
 
 def stop_crossed(side: Side, stop_price: Decimal, last: Decimal) -> bool:
@@ -793,7 +821,7 @@ def record(
             state = state.model_copy(update={"watched": False})
         case Report(update=update):
             if isinstance(outcome, Sent) and outcome.delivered:
-                state = state.model_copy(update={"group_reported": (update.filled, update.status)})
+                state = state.model_copy(update={"group_reported": update})
             elif isinstance(outcome, Sent):
                 # A group id used as a plain label, with no group workflow: nothing to tell.
                 state = state.model_copy(update={"group_missing": True})

@@ -131,7 +131,10 @@ async def test_held_stop_reaches_the_exchange_only_when_the_price_crosses(
     await paper.move_price("SOL/USDT", "100")
     intent = stop_intent()
     await intents.submit(intent)
-    state = await intents.wait_for(intent.intent_id, held)
+    state = await intents.wait_for(
+        intent.intent_id,
+        lambda s: held(s) and bool(s.recent_actions) and s.recent_actions[-1].action != "modify",
+    )
     assert state.status is IntentStatus.PENDING and state.placements == ()
     assert state.report()["stop_held"] is True
     watch = state.recent_actions[-1]

@@ -160,6 +160,12 @@ class OrderIntentWorkflow:
         self.dirty = True
 
     @workflow.signal
+    def release(self) -> None:
+        """From the intent's group: a triggered held stop (`release_by_group`) may place now."""
+        self.state = reconcile.release(self.state, workflow.now())
+        self.dirty = True
+
+    @workflow.signal
     def repaired(self, reason: str) -> None:
         """Sent by `exchange-kernel repair` just before it resets the run (and re-applied to
         the new run ahead of the redone task): from now on every placement looks its client
