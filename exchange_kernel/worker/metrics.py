@@ -124,7 +124,11 @@ METRICS = (REQUESTS, ERRORS, RETRIES, RECONCILE_LAG, FINISHED, INTENTS, PENDING,
 # waiting out rate limits or unanswered calls in the last ones.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 RUNNING_STATUSES = (IntentStatus.PENDING, IntentStatus.OPEN, IntentStatus.PARTIALLY_FILLED)
-UNSETTLED = (ReconciliationStatus.RECONCILING, ReconciliationStatus.UNKNOWN)
+UNSETTLED = (
+    ReconciliationStatus.RECONCILING,
+    ReconciliationStatus.UNKNOWN,
+    ReconciliationStatus.STALE,
+)
 
 
 # --- the runtime that serves /metrics -------------------------------------------------------------
