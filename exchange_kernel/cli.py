@@ -9,6 +9,7 @@ import logging
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,7 @@ from exchange_kernel.client import (
     IntentListing,
     IntentNotFound,
     IntentRejected,
+    StaleIntent,
 )
 from exchange_kernel.connection import MAX_CACHED_WORKFLOWS, TASK_QUEUE, TemporalUnreachable
 from exchange_kernel.models import (
@@ -618,6 +620,127 @@ def list_intents(
             row.summary or "",
         )
     console.print(table)
+
+
+@app.command()
+def owner(
+    exchange_order_id: Annotated[str, typer.Argument(help="the exchange's order id")],
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
+) -> None:
+    """Show the intent that owns an exchange order id (a running intent before a finished
+    one), found through visibility: an order seen a second ago may not be found yet."""
+
+    state = with_client(
+        address,
+        namespace,
+        profile,
+        lambda client: client.intent_by_exchange_order_id(exchange_order_id),
+    )
+    show_state(state, as_json)
+
+
+@app.command()
+def stale(
+    max_age: Annotated[
+        float,
+        typer.Option(
+            "--max-age", min=0, help="seconds: list intents not observed for longer than this"
+        ),
+    ] = 60.0,
+    account: Annotated[str | None, typer.Option(help="only this account")] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
+) -> None:
+    """List running intents whose last observation of the exchange is older than --max-age,
+    oldest first: their own last look at their orders, or, for an intent its account sync
+    watches, the sync's last completed round. One that never saw the exchange counts from
+    its start."""
+
+    rows = with_client(
+        address,
+        namespace,
+        profile,
+        lambda client: client.stale_intents(timedelta(seconds=max_age), account=account),
+    )
+    now = datetime.now(UTC)
+    if as_json:
+        print(json.dumps([_stale_json(row, now) for row in rows], indent=2))
+        return
+    table = Table(title=f"{len(rows)} intent(s) not observed for more than {max_age:g} s")
+    for column in ("intent", "account", "symbol", "status", "last observed", "by", "summary"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.intent_id,
+            row.account or "",
+            row.symbol or "",
+            row.status or "",
+            _age(row.observed_at, now),
+            "account sync" if row.watched else "its own looks",
+            row.summary or "",
+        )
+    console.print(table)
+
+
+def _stale_json(row: StaleIntent, now: datetime) -> dict[str, Any]:
+    data = row.model_dump(mode="json")
+    seen = row.observed_at
+    data["age_seconds"] = None if seen is None else round((now - seen).total_seconds(), 3)
+    return data
+
+
+def _age(at: datetime | None, now: datetime) -> str:
+    if at is None:
+        return "never"
+    return f"{at:%H:%M:%S} ({(now - at).total_seconds():.0f} s ago)"
+
+
+@app.command()
+def resync(
+    intent_id: Annotated[
+        str | None, typer.Argument(help="the intent to resync (or --account for all of one)")
+    ] = None,
+    account: Annotated[
+        str | None, typer.Option(help="resync every running intent of this account")
+    ] = None,
+    as_json: JsonOption = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
+) -> None:
+    """Have an intent, or every running intent of an account, look at the exchange now
+    (fire and forget: each looks up its live order at its next step). The intents of an
+    account are found through visibility, so one submitted a second ago may be left out."""
+    if (intent_id is None) == (account is None):
+        raise fail("give an intent id or --account (one of them)", 2)
+    if intent_id is not None and not ID_RE.fullmatch(intent_id):
+        raise fail(f"{intent_id!r} is not a valid intent id", 2)
+
+    async def main() -> list[str]:
+        client = await IntentClient.connect(address, namespace, profile=profile)
+        if account is not None:
+            return await client.resync_account(account)
+        assert intent_id is not None
+        state = await client.state(intent_id)  # a clear error for an unknown intent
+        if state.status.is_terminal:
+            raise IntentRejected(
+                f"intent {intent_id} is already {state.status.value}: nothing to look at"
+            )
+        await client.resync(intent_id)
+        return [intent_id]
+
+    told = run(main())
+    if as_json:
+        print(json.dumps({"account": account, "resynced": told}, indent=2))
+    elif account is not None:
+        console.print(f"resync sent to {len(told)} running intent(s) of {account}")
+    else:
+        console.print(f"resync sent to {intent_id}")
 
 
 # --- deployment: setup, accounts check -------------------------------------------------------

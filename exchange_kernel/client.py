@@ -33,6 +33,7 @@ from exchange_kernel.devserver import (
     INTENT_GROUP,
     INTENT_STATUS,
     INTENT_SYMBOL,
+    LAST_SYNC_AT,
     RECONCILIATION_STATUS,
     STRATEGY_ID,
     intent_search_attributes,
@@ -63,10 +64,13 @@ from exchange_kernel.models import (
 )
 from exchange_kernel.reconcile import POLL_FIRST, increases_risk, refresh
 from exchange_kernel.repair import last_task_failure
+from exchange_kernel.workflows.account_sync import AccountSyncStatus
 from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
 
 ORPHAN_GRACE = timedelta(seconds=10)
+# Queries or signals to intents in flight at once (stale_intents, resync_account).
+FAN_OUT = 32
 
 
 class AlreadyExistsError(Exception):
@@ -103,6 +107,15 @@ class IntentListing(Value):
     summary: str | None
     started_at: datetime | None
     closed_at: datetime | None
+
+
+class StaleIntent(IntentListing):
+    """One row of `stale_intents()`: a running intent whose view of the exchange is too old."""
+
+    # When the exchange was last observed for it: its own last look at its orders, or the
+    # last completed round of its account sync while that sync watches it. None: never.
+    observed_at: datetime | None
+    watched: bool  # its account sync observes it (else it looks at its orders itself)
 
 
 class IntentClient:
@@ -265,6 +278,32 @@ class IntentClient:
         except IntentRejected:
             pass
 
+    async def resync_account(self, account: str) -> list[str]:
+        """Have every running intent of the account look at the exchange now; returns the ids
+        of the intents told. They are found through visibility, which trails a start by a
+        moment: an intent submitted a second ago may be left out (it has just looked anyway)."""
+        running = (
+            "WorkflowType = 'OrderIntent' AND ExecutionStatus = 'Running' "
+            f"AND IntentAccount = '{_quoted(account)}'"
+        )
+        ids = [e.id.removeprefix("intent-") async for e in self.temporal.list_workflows(running)]
+        gate = asyncio.Semaphore(FAN_OUT)
+
+        async def tell(intent_id: str) -> bool:
+            async with gate:
+                try:
+                    await self.temporal.get_workflow_handle(workflow_id_for(intent_id)).signal(
+                        "resync"
+                    )
+                except RPCError as exc:
+                    if exc.status == RPCStatusCode.NOT_FOUND:
+                        return False  # finished since visibility listed it
+                    raise
+                return True
+
+        told = await asyncio.gather(*(tell(i) for i in ids))
+        return [i for i, ok in zip(ids, told, strict=True) if ok]
+
     # --- orphans -------------------------------------------------------------------------------
 
     async def orphans(self, account: str, symbols: tuple[str, ...] = ()) -> list[Orphan]:
@@ -309,14 +348,19 @@ class IntentClient:
         return found
 
     async def _owner(self, exchange_order_id: str) -> tuple[str, bool] | None:
-        """(intent id, running) of the intent whose ExchangeOrderIds holds this order."""
+        """(intent id, running) of the intent whose ExchangeOrderIds holds this order: a running
+        one first (an adopted order is claimed by its adopter and by the intent that placed
+        it), else the newest."""
         query = (
             f"WorkflowType = 'OrderIntent' AND ExchangeOrderIds = '{_quoted(exchange_order_id)}'"
         )
-        async for execution in self.temporal.list_workflows(query, limit=1):
+        found = None
+        async for execution in self.temporal.list_workflows(query, limit=20):
             running = execution.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
-            return execution.id.removeprefix("intent-"), running
-        return None
+            if running:
+                return execution.id.removeprefix("intent-"), True
+            found = found or (execution.id.removeprefix("intent-"), False)
+        return found
 
     async def adopt(
         self,
@@ -331,7 +375,7 @@ class IntentClient:
         spec = OrderSpec(
             symbol=order.symbol,
             side=order.side,
-            type=OrderType.STOP_LIMIT if order.stop_price else OrderType.LIMIT,
+            type=_adopted_type(order),
             amount=order.amount,
             price=order.price,
             stop_price=order.stop_price,
@@ -526,6 +570,84 @@ class IntentClient:
             rows.append(await _listing(execution))
         return rows
 
+    async def intent_by_exchange_order_id(self, exchange_order_id: str) -> IntentState:
+        """The intent that owns an exchange order (its ExchangeOrderIds search attribute): a
+        running one before a finished one, else the newest. Visibility trails the intent by a
+        moment, so an order seen a second ago may not be found yet; and an intent keeps the ids
+        of only its most recent ended orders (`reconcile.SETTLED_ORDER_IDS`)."""
+        owner = await self._owner(exchange_order_id)
+        if owner is None:
+            raise IntentNotFound(f"no intent owns exchange order {exchange_order_id!r}")
+        return await self.state(owner[0])
+
+    async def stale_intents(
+        self, max_age: timedelta, *, account: str | None = None
+    ) -> list[StaleIntent]:
+        """Running intents whose last observation of the exchange is older than `max_age`,
+        oldest first (one that never saw the exchange counts from its start).
+
+        Observation: an intent's own look at its orders (`IntentState.last_sync_at`, the
+        LastSyncAt search attribute), or, while its account sync watches it, the sync's last
+        completed round (`status().last_round_at`, one query per account): the rounds record
+        nothing in the intents' histories. Intents whose LastSyncAt is recent enough are
+        settled by visibility alone; the others are asked for their state."""
+        now = datetime.now(UTC)
+        cutoff = now - max_age
+        clauses = ["WorkflowType = 'OrderIntent'", "ExecutionStatus = 'Running'"]
+        if account is not None:
+            clauses.append(f"IntentAccount = '{_quoted(account)}'")
+        executions = [e async for e in self.temporal.list_workflows(" AND ".join(clauses))]
+        accounts = sorted(
+            {a for e in executions if (a := e.typed_search_attributes.get(INTENT_ACCOUNT))}
+        )
+        syncs = dict(
+            zip(accounts, await asyncio.gather(*(self._sync(a) for a in accounts)), strict=True)
+        )
+        gate = asyncio.Semaphore(FAN_OUT)
+
+        async def judge(execution: WorkflowExecution) -> StaleIntent | None:
+            attributes = execution.typed_search_attributes
+            own = attributes.get(LAST_SYNC_AT)
+            if own is not None and own >= cutoff:
+                return None
+            intent_account = attributes.get(INTENT_ACCOUNT)
+            last_round, watched_ids = syncs.get(intent_account or "", (None, None))
+            intent_id = execution.id.removeprefix("intent-")
+            if watched_ids is not None and intent_id in watched_ids:
+                if last_round is not None and last_round >= cutoff:
+                    return None
+            async with gate:
+                try:
+                    state = await self.state(intent_id)
+                except IntentNotFound:
+                    return None  # finished since visibility listed it
+            if state.status.is_terminal:
+                return None
+            seen = observed_at(state, last_round)
+            if (seen or execution.start_time) >= cutoff:
+                return None
+            listing = (await _listing(execution)).model_dump()
+            listing["status"] = state.status.value
+            listing["reconciliation_status"] = state.reconciliation_status.value
+            return StaleIntent(**listing, observed_at=seen, watched=state.watched)
+
+        found = [r for r in await asyncio.gather(*(judge(e) for e in executions)) if r]
+        return sorted(found, key=lambda r: r.observed_at or datetime.min.replace(tzinfo=UTC))
+
+    async def _sync(self, account: str) -> tuple[datetime | None, set[str] | None]:
+        """The account sync's last completed round, and the intents it watches when it can
+        say (None: no sync, or one that does not answer `watched`)."""
+        handle = self.temporal.get_workflow_handle(account_sync_id(account))
+        try:
+            status = await handle.query("status", result_type=AccountSyncStatus)
+        except (RPCError, WorkflowQueryFailedError):
+            return None, None
+        try:
+            watched = await handle.query("watched", result_type=dict[str, str])
+        except (RPCError, WorkflowQueryFailedError):
+            return status.last_round_at, None
+        return status.last_round_at, set(watched)
+
     # --- plumbing ------------------------------------------------------------------------------
 
     def _handle(self, intent_id: str) -> WorkflowHandle:
@@ -651,3 +773,23 @@ async def _listing(execution: WorkflowExecution) -> IntentListing:
         started_at=execution.start_time,
         closed_at=execution.close_time,
     )
+
+
+def _adopted_type(order: ExchangeOrder) -> OrderType:
+    """The intent type of an open order: a stop price makes it a stop, a limit price a limit
+    (a stop-market order has a stop price and no price)."""
+    if order.stop_price is not None:
+        return OrderType.STOP_LIMIT if order.price is not None else OrderType.STOP_MARKET
+    return OrderType.LIMIT if order.price is not None else OrderType.MARKET
+
+
+def observed_at(state: IntentState, last_round_at: datetime | None) -> datetime | None:
+    """When the exchange was last observed for the intent: its own last look at its orders,
+    or, while its account sync watches it (and has not lost sight of the account), the sync's
+    last completed round, which looks at every watched order without telling the intent."""
+    live = state.live_placement
+    looks = [state.last_sync_at, live.observed_at if live is not None else None]
+    if state.watched and state.watch_lapsed_since is None:
+        looks.append(last_round_at)
+    seen = [at for at in looks if at is not None]
+    return max(seen) if seen else None

@@ -29,6 +29,9 @@ TEMPORAL_COMMANDS = (
     ["cancel"],
     ["status"],
     ["list"],
+    ["owner"],
+    ["stale"],
+    ["resync"],
     ["halt"],
     ["resume"],
     ["orphans", "list"],
@@ -42,7 +45,10 @@ TEMPORAL_COMMANDS = (
 
 
 def test_every_command_has_help() -> None:
-    for command in ("sim", "worker", "dev", "submit", "modify", "cancel", "status", "list"):
+    for command in (
+        *("sim", "worker", "dev", "submit", "modify", "cancel", "status", "list"),
+        *("owner", "stale", "resync"),
+    ):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
         assert "Usage" in result.output
