@@ -956,6 +956,38 @@ def test_cancel_that_finds_no_order_after_it_was_seen_keeps_the_last_observation
     assert isinstance(plan(state, NOW), Finish)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: TRANSITIONS[CANCELING][NOT_FOUND] is CANCELED 'with the fills last seen' at "
+    "once, although an order created within VISIBILITY_GRACE may only be hidden by the "
+    "exchange's read lag (the engine filled it meanwhile): plan() then places the remaining "
+    "again from fills that are not final (an overfill), where it should look again once reads "
+    "have caught up",
+)
+def test_a_cancel_that_finds_no_order_right_after_it_was_created_is_not_taken_as_final() -> None:
+    state = placed(make_state(amount="2"))  # created at NOW, the engine fills it at once
+    state = change(state, price="101", now=NOW + SECOND)
+    # The cancel reaches the engine; the lookup after it lags and finds nothing yet.
+    state = step(state, answer(None), now=NOW + SECOND, expect=Cancel)
+    action = plan(state, NOW + SECOND)
+    assert not isinstance(action, Place), action
+    assert phases(state) != [PlacementPhase.CANCELED]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: as above, through a native edit: amend_order finds neither order yet (read "
+    "lag), the replaced order is then cancelled and its 'not found' taken as final, and the "
+    "remaining placed again from fills that are not final",
+)
+def test_an_amend_whose_reads_lag_does_not_place_from_fills_that_are_not_final() -> None:
+    state = placed(make_state(amount="2", rules=NATIVE))
+    state = change(state, price="101", now=NOW + SECOND)
+    state = step(state, Amended(replaced=None, order=None), now=NOW + SECOND, expect=Amend)
+    state = step(state, answer(None), now=NOW + SECOND, expect=Cancel)
+    assert not isinstance(plan(state, NOW + SECOND), Place)
+
+
 def test_cancel_before_anything_was_placed_finishes_canceled() -> None:
     state = request_cancel(make_state(), "changed my mind", NOW)
     assert plan(state, NOW) == Finish(status=IntentStatus.CANCELED, reason="changed my mind")
@@ -1662,6 +1694,7 @@ class FakeOrder:
     status: ExchangeOrderStatus = ExchangeOrderStatus.OPEN
     fills: list[Fill] = field(default_factory=list)
     cancelled_externally: bool = False
+    created_at: datetime = NOW
 
     @property
     def remaining(self) -> Decimal:
@@ -1671,9 +1704,20 @@ class FakeOrder:
 @dataclass
 class FakeExchange:
     rules: MarketRules
+    # Read-after-write lag (shorter than VISIBILITY_GRACE): for this long after an order is
+    # created, lookups do not see it; the matching engine does (it fills, a cancel finds it).
+    lag: timedelta = timedelta(0)
     orders: dict[str, FakeOrder] = field(default_factory=dict)
     ids: itertools.count = field(default_factory=itertools.count)  # type: ignore[type-arg]
     last_price: Decimal = Decimal(100)
+    now: datetime = NOW
+
+    def read(self, coid: str) -> ExchangeOrder | None:
+        """What a lookup answers (a create's or an edit's own answer is `view`)."""
+        order = self.orders.get(coid)
+        if order is None or self.now - order.created_at < self.lag:
+            return None
+        return self.view(coid)
 
     def live(self) -> list[FakeOrder]:
         return [o for o in self.orders.values() if o.status.is_live]
@@ -1716,6 +1760,7 @@ class FakeExchange:
             price=placement.price,
             stop_price=stop_price,
             amount=placement.amount,
+            created_at=self.now,
         )
         self.orders[order.client_order_id] = order
         tif = state.desired.time_in_force
@@ -1796,6 +1841,7 @@ class Kernel:
 
     def tick(self) -> datetime:
         self.clock += timedelta(milliseconds=1)
+        self.exchange.now = self.clock
         return self.clock
 
     def set(self, state: IntentState) -> None:
@@ -1874,25 +1920,30 @@ class Kernel:
                 if fault == "refused":
                     self.refusals += 1
                     return Refused(reason="InvalidOrder: the edit was refused")
+                # As the amend activity: it edits only an order it finds open with the fills
+                # the plan saw; else it reports what it found.
                 old = self.state.placement(replaces)
+                new = placement.client_order_id
+                current = exchange.read(old.client_order_id)
+                if current is None or not current.status.is_live:
+                    return Amended(replaced=current, order=exchange.read(new))
+                if current.filled != old.filled:
+                    return Amended(replaced=current, order=None)
                 target = exchange.orders[old.client_order_id]
-                # The activity edits only an order still open with the fills the plan saw.
-                if target.status.is_live and target.filled == old.filled:
-                    if fault == "amend_race":
-                        exchange.fill(target.client_order_id, min(D("0.5"), target.remaining))
-                        self.raced = True
-                    if target.status.is_live:
-                        refused = exchange.create(self.state, placement, ZERO)
-                        if refused:
-                            self.refusals += 1
-                            return Refused(reason=refused)
-                        target.status = ExchangeOrderStatus.CANCELED
+                if fault == "amend_race":
+                    exchange.fill(target.client_order_id, min(D("0.5"), target.remaining))
+                    self.raced = True
+                order = None
+                if target.status.is_live:
+                    refused = exchange.create(self.state, placement, ZERO)
+                    if refused:
+                        self.refusals += 1
+                        return Refused(reason=refused)
+                    target.status = ExchangeOrderStatus.CANCELED
+                    order = exchange.view(new)  # the edit's own answer
                 if fault == "lost_after_commit":
                     return Unanswered(error="RequestTimeout", at=self.clock)
-                return Amended(
-                    replaced=exchange.view(old.client_order_id),
-                    order=exchange.view(placement.client_order_id),
-                )
+                return Amended(replaced=exchange.read(old.client_order_id), order=order)
             case Cancel(number=number):
                 coid = self.state.placement(number).client_order_id
                 if fault == "lost_before_commit":
@@ -1900,11 +1951,11 @@ class Kernel:
                 exchange.cancel(coid)
                 if fault == "lost_after_commit":
                     return Unanswered(error="RequestTimeout")
-                return Observed(order=exchange.view(coid))
+                return Observed(order=exchange.read(coid))
             case Lookup(number=number):
                 if lost:
                     return Unanswered(error="RequestTimeout")
-                return Observed(order=exchange.view(self.state.placement(number).client_order_id))
+                return Observed(order=exchange.read(self.state.placement(number).client_order_id))
             case WatchPrice(side=side, stop_price=stop_price):
                 if lost:
                     return Unanswered(error="RequestTimeout")
@@ -1996,6 +2047,10 @@ INTENTS = {
     "group_id": st.sampled_from([None, None, "g-1"]),
     # A new intent loads them (LoadRules); a run continued as new carries them.
     "rules_loaded": st.sampled_from([False, True, True]),
+    # Read lag (seconds) is off: with it on, the machine finds the bug of the xfail test
+    # test_a_cancel_that_finds_no_order_right_after_it_was_created_is_not_taken_as_final.
+    # Turn it on (st.sampled_from([0, 0, 2])) once that is fixed.
+    "lag": st.just(0),
 }
 WORKFLOW_STEPS = st.lists(st.sampled_from(FAULTS), max_size=3)
 AMOUNTS = st.sampled_from(["1", "2", "3", "5", "8", "2.5"])
@@ -2034,6 +2089,7 @@ class ReconcileMachine(RuleBasedStateMachine):
         expires_in: int | None,
         group_id: str | None,
         rules_loaded: bool,
+        lag: int,
     ) -> None:
         fields = {"price": "100", **kind}
         intent_id = f"intent-{self.intents}"
@@ -2051,7 +2107,7 @@ class ReconcileMachine(RuleBasedStateMachine):
         )
         self.kernel = Kernel(
             state=state,
-            exchange=FakeExchange(rules=rules),
+            exchange=FakeExchange(rules=rules, lag=timedelta(seconds=lag), now=self.clock),
             clock=self.clock,
             used=self.used,
             max_desired=state.desired.amount,
