@@ -1,14 +1,16 @@
-"""A paper exchange speaking the Binance spot REST API, for trading against with the real ccxt.
+"""A paper exchange speaking the Binance spot REST API and the WebSocket API's user-data stream,
+for trading against with the real ccxt (and ccxt.pro).
 
     async with running_sim(port=0) as sim:
         client = binance_client(sim.base_url, DEMO_API_KEY, DEMO_SECRET)
-        ...
-        await client.close()
+        stream = binance_pro_client(sim.base_url, DEMO_API_KEY, DEMO_SECRET)
+        ...  # client.create_order(...); await stream.watch_orders()
+        await client.close(); await stream.close()
 
 Operator endpoints live under `/sim/v1/` (see `exchange_kernel.sim.admin`).
 """
 
-from exchange_kernel.sim.ccxt_binding import binance_client
+from exchange_kernel.sim.ccxt_binding import binance_client, binance_pro_client
 from exchange_kernel.sim.engine import Exchange
 from exchange_kernel.sim.server import (
     DEMO_API_KEY,
@@ -24,6 +26,7 @@ __all__ = [
     "Exchange",
     "SimServer",
     "binance_client",
+    "binance_pro_client",
     "run",
     "running_sim",
 ]

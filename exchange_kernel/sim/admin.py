@@ -9,8 +9,10 @@ whole exchange) order events that share a millisecond.
     GET  /sim/v1/faults    -> fault profile + {"injected": {fault: count}}
     POST /sim/v1/faults    {"error_500", "error_503", "rate_limit_429", "retry_after",
                             "drop_response", "latency_ms": [min, max], "seed", "endpoints",
-                            "max_faults", "visibility_lag_ms"}  (replaces the profile;
-                           omitted = off; visibility_lag_ms: see exchange_kernel.sim.faults)
+                            "max_faults", "visibility_lag_ms", "stream_disconnect",
+                            "stream_terminate", "stream_drop_event",
+                            "stream_delay_ms": [min, max]}  (replaces the profile; omitted =
+                           off; visibility_lag_ms and stream_*: see exchange_kernel.sim.faults)
     GET  /sim/v1/orders    ?account=&symbol=&status=  -> {"orders": [order]}
                            (&count=1 -> {"count": n}: how many, without them)
     GET  /sim/v1/trades    ?account=&symbol=          -> {"trades": [trade]}
@@ -22,7 +24,8 @@ whole exchange) order events that share a millisecond.
                            difference comes from the counterparty; reset goes back to the
                            balances the sim started with)
     GET  /sim/v1/requests  ?limit=  -> {"total", "counts": {"METHOD /path": n}, "recent": [...]}
-    POST /sim/v1/reset     -> {"ok": true}
+    POST /sim/v1/reset     -> {"ok": true}  (also ends every user-data stream:
+                           eventStreamTerminated, then the connection closes)
 
 order: order_id, client_order_id, account, symbol, side, type, time_in_force, status, price,
        stop_price, amount, filled, cost, created_at, updated_at, working_time, opened_seq,

@@ -266,7 +266,9 @@ async def cancel_order(state: SimState, account: Account, p: params.Params) -> w
     symbol = params.symbol(p)
     order_id, client_id = _order_ids(p)
     cancel_id = params.client_order_id(p, "newClientOrderId") or generate_client_order_id()
-    order = state.exchange.cancel_order(account.api_key, symbol, order_id, client_id)
+    order = state.exchange.cancel_order(
+        account.api_key, symbol, order_id, client_id, cancel_client_order_id=cancel_id
+    )
     return _json(wire.cancel_response(order, cancel_id, order.update_time))
 
 
@@ -295,9 +297,7 @@ async def all_orders(state: SimState, account: Account, p: params.Params) -> web
 @signed
 async def cancel_open_orders(state: SimState, account: Account, p: params.Params) -> web.Response:
     orders = state.exchange.cancel_open_orders(account.api_key, params.symbol(p))
-    return _json(
-        [wire.cancel_response(o, generate_client_order_id(), o.update_time) for o in orders]
-    )
+    return _json([wire.cancel_response(o, o.cancel_client_order_id, o.update_time) for o in orders])
 
 
 @routes.post("/api/v3/order/cancelReplace")
@@ -324,6 +324,7 @@ async def cancel_replace(state: SimState, account: Account, p: params.Params) ->
         cancel_order_id=cancel_order_id,
         cancel_client_order_id=cancel_client_id,
         mode=mode,
+        cancel_new_client_order_id=cancel_new_id,
     )
     cancel_part: dict[str, Any] | None = None
     if result.canceled is not None:

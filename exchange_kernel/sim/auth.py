@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from exchange_kernel.sim import errors
@@ -48,12 +49,7 @@ def authenticate(
     now_ms: int,
 ) -> Account:
     """Return the account a SIGNED request acts for, or raise the error Binance would."""
-    if not api_key:
-        raise errors.api_key_format_invalid()
-    account = exchange.account(api_key)
-    if account is None:
-        raise errors.invalid_api_key()
-
+    account = _account(exchange, api_key)
     # Binance signs "totalParams": the query string immediately followed by the body.
     query_payload, query_signature = _split_signature(raw_query)
     body_payload, body_signature = _split_signature(raw_body)
@@ -61,7 +57,47 @@ def authenticate(
     if not signature:
         raise errors.mandatory("signature")
     params = request_params(raw_query, raw_body)
+    _verify(account, query_payload + body_payload, signature, params, now_ms)
+    return account
 
+
+def authenticate_ws(exchange: Exchange, params: dict[str, Any], now_ms: int) -> Account:
+    """The account a signed WebSocket API request acts for (`apiKey` among its params).
+
+    Binance's WebSocket API signs the params other than `signature`, sorted by name, as
+    `name=value` joined by `&`, values as sent (not URL-encoded).
+    """
+    api_key = params.get("apiKey")
+    if api_key is not None and not isinstance(api_key, str):
+        raise errors.api_key_format_invalid()
+    account = _account(exchange, api_key)
+    signature = params.get("signature")
+    if not isinstance(signature, str) or not signature:
+        raise errors.mandatory("signature")
+    texts = {name: _ws_text(value) for name, value in params.items() if name != "signature"}
+    payload = "&".join(f"{name}={texts[name]}" for name in sorted(texts))
+    _verify(account, payload, signature, texts, now_ms)
+    return account
+
+
+def _ws_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _account(exchange: Exchange, api_key: str | None) -> Account:
+    if not api_key:
+        raise errors.api_key_format_invalid()
+    account = exchange.account(api_key)
+    if account is None:
+        raise errors.invalid_api_key()
+    return account
+
+
+def _verify(
+    account: Account, payload: str, signature: str, params: dict[str, str], now_ms: int
+) -> None:
     timestamp_raw = params.get("timestamp", "")
     if not timestamp_raw:
         raise errors.mandatory("timestamp")
@@ -76,9 +112,7 @@ def authenticate(
         if recv_window > MAX_RECV_WINDOW:
             raise errors.recv_window_too_large()
 
-    expected = hmac.new(
-        account.secret.encode(), (query_payload + body_payload).encode(), hashlib.sha256
-    ).hexdigest()
+    expected = hmac.new(account.secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
         raise errors.invalid_signature()
 
@@ -87,4 +121,3 @@ def authenticate(
         raise errors.timestamp_ahead(MAX_CLOCK_AHEAD_MS)
     if now_ms - timestamp > recv_window:
         raise errors.outside_recv_window()
-    return account

@@ -11,13 +11,21 @@ exchange itself is the counterparty of every fill:
 Orders never match each other. The counterparty's running position is kept in `counterparty`,
 so every unit of every asset is accounted for: per asset,
 ``sum(free + locked over accounts) + fees_collected + counterparty`` never changes.
+
+Every change of an account (an order's execution, its balances after a change, a balance the
+operator set) is handed to the `listeners` as it happens: once per public call that changed
+something, per account, in order, the executions first and then the balances they left (what
+the user-data stream pushes, `exchange_kernel.sim.user_stream`).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
+from functools import wraps
+from typing import Concatenate, ParamSpec, TypeVar
 
 from exchange_kernel.sim import errors
 from exchange_kernel.sim.candles import Candle, build_candles
@@ -27,9 +35,14 @@ from exchange_kernel.sim.model import (
     STOP_TYPES,
     ZERO,
     Account,
+    AccountEvent,
     Balance,
+    BalanceAdjustment,
+    BalancePosition,
     CancelReplace,
     CancelReplaceMode,
+    Execution,
+    ExecutionType,
     Market,
     NewOrder,
     Order,
@@ -50,10 +63,16 @@ __all__ = [
     "OPEN_STATUSES",
     "STOP_TYPES",
     "Account",
+    "AccountEvent",
     "Balance",
+    "BalanceAdjustment",
+    "BalancePosition",
     "CancelReplace",
     "CancelReplaceMode",
     "Exchange",
+    "Execution",
+    "ExecutionType",
+    "Listener",
     "Market",
     "NewOrder",
     "Order",
@@ -70,6 +89,34 @@ __all__ = [
 
 COMMISSION_QUANTUM = Decimal("0.00000001")
 DAY_MS = 86_400_000
+
+# Receives one account's events of one public call: (api key, events in order).
+Listener = Callable[[str, list[AccountEvent]], None]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _publishes(
+    method: Callable[Concatenate[Exchange, _P], _R],
+) -> Callable[Concatenate[Exchange, _P], _R]:
+    """Hand the events of a public mutating call to the listeners once it is done.
+
+    Calls nest (cancelReplace cancels and places); only the outermost one publishes, so the
+    balances reported are the ones the whole call left.
+    """
+
+    @wraps(method)
+    def wrapper(self: Exchange, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self._publishing += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._publishing -= 1
+            if not self._publishing:
+                self._publish()
+
+    return wrapper
 
 
 def _wall_clock_ms() -> int:
@@ -98,7 +145,13 @@ class Exchange:
         # Ids and sequence numbers survive reset() so that no id is ever handed out twice.
         self._next_order_id = 1
         self._next_trade_id = 1
+        self._next_execution_id = 1
         self._seq = 0
+        self.listeners: list[Listener] = []
+        self._publishing = 0
+        self._pending: list[AccountEvent] = []
+        # api key -> assets whose balance changed in the current call (ordered, no repeats).
+        self._touched: dict[str, dict[str, None]] = {}
         self.reset()
 
     # ------------------------------------------------------------------ setup & state
@@ -122,6 +175,8 @@ class Exchange:
         self.trades: list[Trade] = []
         self.fees_collected: dict[str, Decimal] = dict.fromkeys(self.assets, ZERO)
         self.counterparty: dict[str, Decimal] = dict.fromkeys(self.assets, ZERO)
+        self._pending = []
+        self._touched = {}
 
     def add_account(
         self, api_key: str, secret: str, balances: Mapping[str, Decimal] | None = None
@@ -205,6 +260,7 @@ class Exchange:
 
     # ------------------------------------------------------------------ orders
 
+    @_publishes
     def place_order(self, api_key: str, request: NewOrder) -> Placement:
         """Accept a new order. Every order the exchange ever creates comes through here
         (cancelReplace included), so wrapping this method observes all of them."""
@@ -229,27 +285,35 @@ class Exchange:
             raise errors.order_does_not_exist()
         return order
 
+    @_publishes
     def cancel_order(
         self,
         api_key: str,
         symbol: str,
         order_id: int | None = None,
         client_order_id: str | None = None,
+        *,
+        cancel_client_order_id: str | None = None,
     ) -> Order:
+        """`cancel_client_order_id`: the cancel request's own id (Binance's newClientOrderId),
+        kept on the order; one is generated when the caller sends none."""
         self._market(symbol)
         order = self._find(api_key, symbol, order_id, client_order_id)
         # Binance answers "Unknown order sent." for finished orders too, not only missing ones.
         if order is None or not order.is_open:
             raise errors.unknown_order()
+        order.cancel_client_order_id = cancel_client_order_id or generate_client_order_id()
         self._finish(order, OrderStatus.CANCELED)
         return order
 
+    @_publishes
     def cancel_open_orders(self, api_key: str, symbol: str) -> list[Order]:
         self._market(symbol)
         targets = self.open_orders(api_key, symbol)
         if not targets:
             raise errors.unknown_order()
         for order in targets:
+            order.cancel_client_order_id = generate_client_order_id()
             self._finish(order, OrderStatus.CANCELED)
         return targets
 
@@ -290,6 +354,7 @@ class Exchange:
             return selected[:limit]
         return selected[-limit:]
 
+    @_publishes
     def cancel_replace(
         self,
         api_key: str,
@@ -298,18 +363,23 @@ class Exchange:
         cancel_order_id: int | None = None,
         cancel_client_order_id: str | None = None,
         mode: CancelReplaceMode = CancelReplaceMode.STOP_ON_FAILURE,
+        cancel_new_client_order_id: str | None = None,
     ) -> CancelReplace:
         account = self._account(api_key)
         if cancel_order_id is None and cancel_client_order_id is None:
             raise errors.either_id_mandatory("cancelOrderId", "cancelOrigClientOrderId")
         # A malformed replacement is rejected before anything is canceled, so the caller keeps
         # the resting order; only failures that depend on state happen after the cancel.
-        self._validate(request)
+        _, qty = self._validate(request)
         canceled: Order | None = None
         cancel_error: BinanceError | None = None
         try:
             canceled = self.cancel_order(
-                api_key, request.symbol, cancel_order_id, cancel_client_order_id
+                api_key,
+                request.symbol,
+                cancel_order_id,
+                cancel_client_order_id,
+                cancel_client_order_id=cancel_new_client_order_id,
             )
         except BinanceError as exc:
             cancel_error = exc
@@ -318,6 +388,10 @@ class Exchange:
         try:
             placement = self.place_order(account.api_key, request)
         except BinanceError as exc:
+            if canceled is not None:
+                # Binance's one REJECTED executionReport: the cancel went through, the engine
+                # refused the new order.
+                self._record_rejection(account, request, qty, exc)
             return CancelReplace(
                 "SUCCESS" if canceled else "FAILURE",
                 "FAILURE",
@@ -362,6 +436,7 @@ class Exchange:
 
     # ------------------------------------------------------------------ market data
 
+    @_publishes
     def set_price(self, symbol: str, price: Decimal, volume: Decimal | None = None) -> list[Trade]:
         """Move the last price; trigger stops and fill resting orders the move went through."""
         market = self._market(symbol)
@@ -383,6 +458,8 @@ class Exchange:
             order.working_time = now
             order.update_time = now
             order.priority = self._next_seq()
+            # The stop enters the book: reported as NEW again, now working (`w` true).
+            self._record(order, ExecutionType.NEW)
         triggered_ids = {o.order_id for o in triggered}
 
         budget = volume
@@ -489,6 +566,7 @@ class Exchange:
             limit=limit,
         )
 
+    @_publishes
     def set_balances(
         self, api_key: str, balances: Mapping[str, Decimal], *, at_start: bool = False
     ) -> Account:
@@ -506,10 +584,15 @@ class Exchange:
         for asset, amount in balances.items():
             if amount < 0:
                 raise ValueError(f"{asset}: a balance must not be negative")
+        now = self.now()
         for asset, amount in balances.items():
             balance = account.balance(asset)
-            self.counterparty[asset] -= amount - balance.free
+            delta = amount - balance.free
+            self.counterparty[asset] -= delta
             balance.free = amount
+            if delta and self.listeners:
+                self._pending.append(BalanceAdjustment(api_key, asset, delta, now))
+                self._touch(api_key, asset)
         if at_start:
             secret, template = self._account_templates[api_key]
             self._account_templates[api_key] = (secret, {**template, **balances})
@@ -655,6 +738,8 @@ class Exchange:
         self.orders[order.order_id] = order
         self._open[order.order_id] = order
         self._by_client_id[(account.api_key, spec.symbol, client_order_id)] = order
+        self._record(order, ExecutionType.NEW)
+        self._touch(account.api_key, reserved_asset)
 
         fills = self._take(order, market, None) if crossing else []
         self._expire_unfilled_remainder(order)
@@ -738,6 +823,9 @@ class Exchange:
             self._finish(order, OrderStatus.FILLED)
         else:
             self._set_status(order, OrderStatus.PARTIALLY_FILLED)
+        self._record(order, ExecutionType.TRADE, trade=trade)
+        self._touch(order.account, spec.base)
+        self._touch(order.account, spec.quote)
         return trade
 
     def _finish(self, order: Order, status: OrderStatus) -> None:
@@ -748,6 +836,87 @@ class Exchange:
             balance.locked -= order.reserved
             balance.free += order.reserved
             order.reserved = ZERO
+            self._touch(order.account, order.reserved_asset)
+        # A fill reports its own FILLED (execution type TRADE); cancels and expiries are theirs.
+        if status is not OrderStatus.FILLED:
+            self._record(order, ExecutionType(status.value))
+
+    # ------------------------------------------------------------------ events
+
+    def _record(
+        self,
+        order: Order,
+        execution_type: ExecutionType,
+        *,
+        trade: Trade | None = None,
+        reject_reason: str = "NONE",
+    ) -> None:
+        if not self.listeners:
+            return
+        execution = Execution(
+            order=copy.copy(order),
+            execution_type=execution_type,
+            execution_id=self._next_execution_id,
+            time=self.now(),
+            trade=trade,
+            reject_reason=reject_reason,
+        )
+        self._next_execution_id += 1
+        self._pending.append(execution)
+
+    def _touch(self, api_key: str, asset: str) -> None:
+        if self.listeners:
+            self._touched.setdefault(api_key, {})[asset] = None
+
+    def _record_rejection(
+        self, account: Account, request: NewOrder, qty: Decimal, error: BinanceError
+    ) -> None:
+        """The order the engine refused, never stored: only its REJECTED report exists. It
+        takes an order id, since Binance's engine numbers an order on arrival."""
+        if not self.listeners:
+            return
+        now = self.now()
+        order = Order(
+            order_id=self._next_order_id,
+            client_order_id=request.client_order_id or generate_client_order_id(),
+            account=account.api_key,
+            symbol=request.symbol,
+            side=request.side,
+            type=request.type,
+            time_in_force=request.time_in_force,
+            price=request.price if request.price is not None else ZERO,
+            stop_price=request.stop_price if request.stop_price is not None else ZERO,
+            orig_qty=qty,
+            orig_quote_order_qty=request.quote_order_qty or ZERO,
+            time=now,
+            status=OrderStatus.REJECTED,
+            update_time=now,
+            history=[StatusChange(OrderStatus.REJECTED, now, self._next_seq())],
+        )
+        self._next_order_id += 1
+        self._record(order, ExecutionType.REJECTED, reject_reason=errors.reject_reason(error))
+
+    def _publish(self) -> None:
+        events, touched = self._pending, self._touched
+        self._pending, self._touched = [], {}
+        if not self.listeners or not (events or touched):
+            return
+        by_account: dict[str, list[AccountEvent]] = {}
+        for event in events:
+            by_account.setdefault(event.account, []).append(event)
+        now = self.now()
+        for key, assets in touched.items():
+            account = self.accounts.get(key)
+            if account is None:
+                continue
+            position = tuple(
+                (asset, account.balance(asset).free, account.balance(asset).locked)
+                for asset in assets
+            )
+            by_account.setdefault(key, []).append(BalancePosition(key, now, position))
+        for key, account_events in by_account.items():
+            for listener in list(self.listeners):
+                listener(key, account_events)
 
     def _set_status(self, order: Order, status: OrderStatus) -> None:
         if order.status is status:

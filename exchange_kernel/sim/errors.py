@@ -162,3 +162,32 @@ def cancel_replace_failed(data: dict[str, Any]) -> BinanceError:
 
 def cancel_replace_partially_failed(data: dict[str, Any]) -> BinanceError:
     return BinanceError(-2021, "Order cancel-replace partially failed.", http_status=409, data=data)
+
+
+# Binance's "Order reject reason" (`r` of an executionReport) for the -2010 messages the engine
+# raises once an order has reached it. The first three are Binance's published table; the
+# duplicate's name is the sim's guess.
+_REJECT_REASONS = {
+    "Account has insufficient balance for requested action.": "INSUFFICIENT_BALANCES",
+    "Order would trigger immediately.": "STOP_PRICE_WOULD_TRIGGER_IMMEDIATELY",
+    "Order would immediately match and take.": "WOULD_MATCH_IMMEDIATELY",
+    "Duplicate order sent.": "DUPLICATE_ORDER",
+}
+
+
+def reject_reason(error: BinanceError) -> str:
+    return _REJECT_REASONS.get(error.msg, "NONE")
+
+
+# WebSocket API. The user-data subscription codes follow Binance's 2025 changelog as the sim
+# remembers it; they are not checked against a live answer.
+def subscription_already_active() -> BinanceError:
+    return BinanceError(-2035, "User Data Stream subscription already active.")
+
+
+def subscription_not_active() -> BinanceError:
+    return BinanceError(-2036, "User Data Stream subscription not active.")
+
+
+def malformed_request(detail: str) -> BinanceError:
+    return BinanceError(-1102, f"Malformed request: {detail}")

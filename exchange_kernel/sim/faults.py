@@ -10,6 +10,14 @@ order is created, the lookups (GET /api/v3/order answers -2013 "Order does not e
 openOrders, allOrders and myTrades leave it and its fills out) do not see it yet; the matching
 engine does (it fills, and a cancel finds it). It applies to every account and endpoint,
 whatever `endpoints` says, and does not count against `max_faults`.
+
+The `stream_*` faults act on the user-data stream of the WebSocket API (`/ws-api/v3`), per
+event and per subscribed connection, whatever `endpoints` says; they count against
+`max_faults`. `stream_disconnect` drops the connection (no close frame) instead of sending the
+event, `stream_terminate` sends `eventStreamTerminated` instead of it and closes,
+`stream_drop_event` leaves the event out, `stream_delay_ms` holds every event for a time drawn
+from the range (events keep their order). A lost event is not sent again: after a reconnect a
+client has to look at the orders it cares about, as against Binance.
 """
 
 from __future__ import annotations
@@ -38,6 +46,19 @@ ORDER_MUTATIONS = frozenset(
 FAULT_KEY = web.RequestKey("sim_fault", str)
 # Counted in `injected` (lookups that did not see an order) but no fault of a request.
 VISIBILITY_LAG = "visibility_lag"
+STREAM_DISCONNECT = "stream_disconnect"
+STREAM_TERMINATE = "stream_terminate"
+STREAM_DROP_EVENT = "stream_drop_event"
+_PROBABILITIES = (
+    "error_500",
+    "error_503",
+    "rate_limit_429",
+    "drop_response",
+    STREAM_DISCONNECT,
+    STREAM_TERMINATE,
+    STREAM_DROP_EVENT,
+)
+_RANGES = ("latency_ms", "stream_delay_ms")
 
 
 @dataclass
@@ -57,24 +78,31 @@ class FaultConfig:
     max_faults: int | None = None
     # Read-after-write lag of order lookups, in milliseconds after an order's creation.
     visibility_lag_ms: int = 0
+    # User-data stream: per event, probabilities of losing the connection, of ending the stream
+    # (eventStreamTerminated, then close), of leaving the event out; a delay range for all.
+    stream_disconnect: float = 0.0
+    stream_terminate: float = 0.0
+    stream_drop_event: float = 0.0
+    stream_delay_ms: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> FaultConfig:
         unknown = set(body) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
-        config = cls(**{k: v for k, v in body.items() if k != "latency_ms"})
-        if "latency_ms" in body:
-            low, high = body["latency_ms"]
-            config.latency_ms = (int(low), int(high))
-        for name in ("error_500", "error_503", "rate_limit_429", "drop_response"):
+        config = cls(**{k: v for k, v in body.items() if k not in _RANGES})
+        for name in _RANGES:
+            if name in body:
+                low, high = body[name]
+                setattr(config, name, (int(low), int(high)))
+            low, high = getattr(config, name)
+            if low < 0 or high < low:
+                raise ValueError(f"{name} must be [min, max] with 0 <= min <= max")
+        for name in _PROBABILITIES:
             value = float(getattr(config, name))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1]")
             setattr(config, name, value)
-        low, high = config.latency_ms
-        if low < 0 or high < low:
-            raise ValueError("latency_ms must be [min, max] with 0 <= min <= max")
         if config.retry_after < 0:
             raise ValueError("retry_after must not be negative")
         config.visibility_lag_ms = int(config.visibility_lag_ms)
@@ -101,7 +129,8 @@ class FaultInjector:
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self.config)
-        body["latency_ms"] = list(self.config.latency_ms)
+        for name in _RANGES:
+            body[name] = list(getattr(self.config, name))
         body["injected"] = dict(self.injected)
         return body
 
@@ -122,6 +151,28 @@ class FaultInjector:
             return False
         self.injected[VISIBILITY_LAG] = self.injected.get(VISIBILITY_LAG, 0) + 1
         return True
+
+    def stream_fate(self) -> str | None:
+        """What becomes of one user-data event on one connection: a `STREAM_*` fault, or None
+        (delivered)."""
+        config = self.config
+        # Every draw is made, so a seeded run decides the same whatever the probabilities hit.
+        terminate = self._draw(config.stream_terminate)
+        disconnect = self._draw(config.stream_disconnect)
+        drop = self._draw(config.stream_drop_event)
+        for name, hit in (
+            (STREAM_TERMINATE, terminate),
+            (STREAM_DISCONNECT, disconnect),
+            (STREAM_DROP_EVENT, drop),
+        ):
+            if hit and self._take_allowance(name):
+                return name
+        return None
+
+    def stream_delay(self) -> float:
+        """Seconds to hold one user-data event back."""
+        low, high = self.config.stream_delay_ms
+        return self._rng.uniform(low, high) / 1000 if high > 0 else 0.0
 
     def _take_allowance(self, name: str) -> bool:
         limit = self.config.max_faults

@@ -45,6 +45,16 @@ class OrderStatus(StrEnum):
     EXPIRED = "EXPIRED"
 
 
+class ExecutionType(StrEnum):
+    """What happened to an order, as Binance's user-data stream names it (`x`)."""
+
+    NEW = "NEW"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    TRADE = "TRADE"
+    EXPIRED = "EXPIRED"
+
+
 class CancelReplaceMode(StrEnum):
     STOP_ON_FAILURE = "STOP_ON_FAILURE"
     ALLOW_FAILURE = "ALLOW_FAILURE"
@@ -122,6 +132,8 @@ class Order:
     reserved: Decimal = ZERO
     history: list[StatusChange] = field(default_factory=list)
     trade_ids: list[int] = field(default_factory=list)
+    # The id of the request that canceled the order (Binance's newClientOrderId of a cancel).
+    cancel_client_order_id: str = ""
 
     @property
     def is_open(self) -> bool:
@@ -167,6 +179,49 @@ class CancelReplace:
     cancel_error: BinanceError | None = None
     placement: Placement | None = None
     new_order_error: BinanceError | None = None
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One change of one order: what an `executionReport` of the user-data stream reports.
+
+    `order` is a copy of the order right after the change (its lists are shared, its fields are
+    not), so the event can be rendered later and still say what was true at `time`.
+    """
+
+    order: Order
+    execution_type: ExecutionType
+    execution_id: int
+    time: int
+    trade: Trade | None = None
+    # Binance's "Order reject reason" (`r`): NONE unless the execution type is REJECTED.
+    reject_reason: str = "NONE"
+
+    @property
+    def account(self) -> str:
+        return self.order.account
+
+
+@dataclass(frozen=True)
+class BalancePosition:
+    """Free and locked of some assets of one account after a change (`outboundAccountPosition`)."""
+
+    account: str
+    time: int
+    balances: tuple[tuple[str, Decimal, Decimal], ...]
+
+
+@dataclass(frozen=True)
+class BalanceAdjustment:
+    """A balance change that is no trade (the operator set it): Binance's `balanceUpdate`."""
+
+    account: str
+    asset: str
+    delta: Decimal
+    time: int
+
+
+AccountEvent = Execution | BalancePosition | BalanceAdjustment
 
 
 @dataclass

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from exchange_kernel.sim import admin, api
+from exchange_kernel.sim import admin, api, ws_api
 from exchange_kernel.sim.engine import Exchange
 from exchange_kernel.sim.feed import Feed, run_feed
 from exchange_kernel.sim.state import STATE, SimState
@@ -64,6 +64,12 @@ def build_app(state: SimState) -> web.Application:
     app[STATE] = state
     app.add_routes(admin.routes)
     app.add_routes(api.routes)
+    app.add_routes(ws_api.routes)
+
+    async def close_streams(app: web.Application) -> None:
+        await app[STATE].streams.shutdown()
+
+    app.on_shutdown.append(close_streams)
     # Anything else (sapi, fapi, unknown paths or methods) gets a non-retryable Binance error.
     app.router.add_route("*", "/{tail:.*}", api.unsupported)
     return app

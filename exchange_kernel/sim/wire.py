@@ -12,7 +12,18 @@ from typing import Any
 
 from exchange_kernel.sim.candles import Candle
 from exchange_kernel.sim.engine import Exchange
-from exchange_kernel.sim.model import Account, Order, OrderType, Side, Trade
+from exchange_kernel.sim.model import (
+    Account,
+    BalanceAdjustment,
+    BalancePosition,
+    Execution,
+    ExecutionType,
+    Order,
+    OrderType,
+    Side,
+    TimeInForce,
+    Trade,
+)
 from exchange_kernel.sim.symbols import ORDER_TYPES, SymbolSpec
 
 
@@ -345,3 +356,95 @@ def ticker_24hr(exchange: Exchange, symbol: str) -> dict[str, Any]:
         "lastId": stats.last_trade_id,
         "count": stats.count,
     }
+
+
+# ---------------------------------------------------------------------- user-data stream events
+
+
+def _on_book(order: Order) -> bool:
+    """`w`: the order rests (or is about to rest) on the book. MARKET, IOC and FOK orders
+    never rest; a stop rests once triggered; a finished order no longer does."""
+    return (
+        order.is_working
+        and order.type is not OrderType.MARKET
+        and order.time_in_force not in (TimeInForce.IOC, TimeInForce.FOK)
+    )
+
+
+def execution_report(execution: Execution) -> dict[str, Any]:
+    """The `executionReport` event, Binance spot's field names and types.
+
+    A cancel reports the cancel request's id in `c` and the order's own id in `C` (ccxt takes
+    `C` when it is not empty); otherwise `C` is empty.
+    """
+    order = execution.order
+    trade = execution.trade
+    canceled = execution.execution_type is ExecutionType.CANCELED
+    zero = fmt(Decimal(0))
+    body: dict[str, Any] = {
+        "e": "executionReport",
+        "E": execution.time,
+        "s": order.symbol,
+        "c": order.cancel_client_order_id if canceled else order.client_order_id,
+        "S": str(order.side),
+        "o": str(order.type),
+        "f": str(order.time_in_force or "GTC"),
+        "q": fmt(order.orig_qty),
+        "p": fmt(order.price),
+        "P": fmt(order.stop_price),
+        "F": zero,
+        "g": -1,
+        "C": order.client_order_id if canceled else "",
+        "x": str(execution.execution_type),
+        "X": str(order.status),
+        "r": execution.reject_reason,
+        "i": order.order_id,
+        "l": fmt(trade.qty) if trade else zero,
+        "z": fmt(order.executed_qty),
+        "L": fmt(trade.price) if trade else zero,
+        "n": fmt(trade.commission) if trade else "0",
+        "N": trade.commission_asset if trade else None,
+        "T": trade.time if trade else execution.time,
+        "t": trade.trade_id if trade else -1,
+        "I": execution.execution_id,
+        "w": _on_book(order),
+        "m": trade.is_maker if trade else False,
+        "M": trade is not None,
+        "O": order.time,
+        "Z": fmt(order.cummulative_quote_qty),
+        "Y": fmt(trade.quote_qty) if trade else zero,
+        "Q": fmt(order.orig_quote_order_qty),
+    }
+    # Binance sends the working time only once the order is on the book.
+    if order.working_time >= 0:
+        body["W"] = order.working_time
+    body["V"] = "NONE"
+    return body
+
+
+def outbound_account_position(position: BalancePosition) -> dict[str, Any]:
+    """The `outboundAccountPosition` event: the assets a change touched, free and locked."""
+    return {
+        "e": "outboundAccountPosition",
+        "E": position.time,
+        "u": position.time,
+        "B": [
+            {"a": asset, "f": fmt(free), "l": fmt(locked)}
+            for asset, free, locked in position.balances
+        ],
+    }
+
+
+def balance_update(adjustment: BalanceAdjustment) -> dict[str, Any]:
+    """The `balanceUpdate` event: a change that is no trade (a deposit, here the operator)."""
+    return {
+        "e": "balanceUpdate",
+        "E": adjustment.time,
+        "a": adjustment.asset,
+        "d": fmt(adjustment.delta),
+        "T": adjustment.time,
+    }
+
+
+def event_stream_terminated(now: int) -> dict[str, Any]:
+    return {"e": "eventStreamTerminated", "E": now}
