@@ -24,7 +24,15 @@ the resting intents do not poll), and `polling`, the previous design (no account
 intent polls its own order with backoff, 1 s doubling to the production ceiling of 30 s).
 Within a mode the intents accumulate: 10 are submitted and measured, then 90 more, and so on.
 
-    .venv/bin/python bench/resting.py [--max 10000] [--window 30] [--modes sync,polling] [--json]
+Several workers (`--workers 1,2`, sync mode): at each N the figures are taken with one worker,
+then again with a second worker (its own `build_worker` and ccxt clients: what a second process
+has) running beside it, side by side with the ratio to one worker. Each worker keeps the
+snapshot of the open orders its last round saw; a round served by another worker is cold and
+tells every partly filled intent again: `--partial` intents (10 by default) are partly filled
+before the first N so that cold rounds show in both figures (requests and signals per minute).
+
+    .venv/bin/python bench/resting.py [--max 10000] [--window 30] [--modes sync,polling]
+        [--workers 1,2] [--partial 10] [--json]
 
 It prints figures; it never asserts.
 """
@@ -81,6 +89,9 @@ SIM_SYMBOL = "BTCUSDT"
 BASE_PRICE = Decimal("1000.00")
 TICK = Decimal("0.01")
 AMOUNT = "0.01"  # ~10 USDT a order: above the 5 USDT min notional; 10k of them ~105k USDT
+# The partly filled intents: above every plain one, each filled by AMOUNT of PARTIAL_AMOUNT.
+PARTIAL_BASE_PRICE = Decimal("2000")
+PARTIAL_AMOUNT = "0.02"
 CHUNK = 200  # submits in flight at once
 SIZES = (10, 100, 1000, 10000)
 SYNC_SETTLE_ROUNDS = 2  # sync rounds after the last watch before the window opens
@@ -187,6 +198,11 @@ class Row:
     sync: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     ratio: float | None = None
+    workers: int = 1
+    signals_per_min: float | None = None  # the sync's signals to intents
+    partial: int = 0  # of the resting intents, partly filled
+    # Requests and signals per minute / the same N with one worker.
+    vs_one_worker: tuple[float | None, float | None] | None = None
 
 
 @dataclass
@@ -379,8 +395,9 @@ async def polling_window(
     fewer requests than the window before (the climb is over, whatever the worker manages),
     and after at most MAX_POLL_WINDOWS windows it counts anyway (and says so).
     """
-    ceiling = IntentStart.model_fields["poll_ceiling"].default.total_seconds()
-    steady = n * window / ceiling
+    if mode == "polling":
+        ceiling = IntentStart.model_fields["poll_ceiling"].default.total_seconds()
+        steady = n * window / ceiling
     previous: int | None = None
     for attempt in range(1, MAX_POLL_WINDOWS + 1):
         before = await probe.snapshot()
@@ -404,8 +421,35 @@ async def polling_window(
 # --------------------------------------------------------------------------------------
 
 
+async def partly_fill(intents: IntentClient, probe: Probe, count: int) -> None:
+    """`count` resting intents, each partly filled: one at a time, each above the last (and
+    above the plain ones), so that moving the price down to one crosses no other."""
+    for i in range(count):
+        price = PARTIAL_BASE_PRICE + i
+        intent = OrderIntent(
+            intent_id=f"rest-partial-{i:05d}",
+            account=ACCOUNT,
+            order=OrderSpec(symbol=SYMBOL, side="buy", amount=PARTIAL_AMOUNT, price=str(price)),
+        )
+        await intents.submit(intent)
+        if await wait_open(probe, 1, patience=30) < 1:
+            raise RuntimeError(f"{intent.intent_id} did not reach the exchange")
+        for body in (
+            {"symbol": SIM_SYMBOL, "price": str(price), "volume": AMOUNT},
+            {"symbol": SIM_SYMBOL, "price": "30000"},
+        ):
+            async with probe.session.post(f"{probe.sim_url}/sim/v1/price", json=body) as response:
+                response.raise_for_status()
+
+
 async def run_mode(
-    mode: str, sizes: list[int], window: float, in_memory: bool, console: Console
+    mode: str,
+    sizes: list[int],
+    window: float,
+    in_memory: bool,
+    console: Console,
+    workers: int = 1,
+    partial: int = 0,
 ) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ek-bench-resting-") as tmp:
@@ -436,6 +480,7 @@ async def run_mode(
                     async with build_worker(client, pool, QUEUE):
                         if mode == "sync":
                             await ensure_account_syncs(client, [ACCOUNT], QUEUE)
+                            await partly_fill(intents, probe, partial)
                         baseline = rss_mb()
                         console.print(
                             f"[dim]{mode}: dev server {server.target} "
@@ -449,6 +494,7 @@ async def run_mode(
                             row.server_rss_mb = rss_mb(server_pid)
                             row.worker_rss_before_mb = baseline
                             submitted = n
+                            row.partial = partial if mode == "sync" else 0
                             rows.append(row)
                             console.print(
                                 f"[dim]  {mode} N={n}: submitted in {row.submit_s:.1f}s, "
@@ -456,6 +502,27 @@ async def run_mode(
                                 f"{row.settle_s:.1f}s, {row.requests_per_min:.0f} req/min, "
                                 f"{row.server_wft_per_s:.2f} wft/s "
                                 f"{'; '.join(row.notes)}[/dim]"
+                            )
+                            if mode != "sync" or workers < 2:
+                                continue
+                            # A second worker beside the first, with a Temporal client and
+                            # ccxt clients of its own (as a second process has them; the SDK
+                            # takes one worker per task queue per client).
+                            second_pool = ExchangePool(paper_accounts(sim_url))
+                            second = await server.connect(data_converter=pydantic_data_converter)
+                            try:
+                                async with build_worker(second, second_pool, QUEUE):
+                                    two = await measure(mode, n, n, window, client, intents, probe)
+                            finally:
+                                await second_pool.close()
+                            two.workers, two.partial = 2, row.partial
+                            two.server_rss_mb = rss_mb(server_pid)
+                            rows.append(two)
+                            console.print(
+                                f"[dim]  {mode} N={n}, 2 workers: "
+                                f"{two.requests_per_min:.0f} req/min, "
+                                f"{two.signals_per_min or 0:.0f} signals/min "
+                                f"{'; '.join(two.notes)}[/dim]"
                             )
                 finally:
                     await pool.close()
@@ -490,12 +557,19 @@ async def measure(
         await asyncio.sleep(max(0.0, rested + poll_settle_seconds() - time.perf_counter()))
     settled = time.perf_counter()
 
+    signals_before = (await sync_status(client)).signals_sent if mode == "sync" else None
     before, after = await polling_window(mode, n, window, probe, notes)
     elapsed = after.at - before.at
     requests = after.requests - before.requests
     sync = None
+    signals_per_min = None
     if mode == "sync":
         status = await sync_status(client)
+        assert signals_before is not None
+        if status.signals_sent >= signals_before:
+            signals_per_min = (status.signals_sent - signals_before) * 60 / elapsed
+        else:
+            notes.append("the sync continued as new in the window: no signal count")
         sync = {
             "watched": status.watched,
             "round": status.round,
@@ -524,6 +598,7 @@ async def measure(
         by_endpoint=dict(requests.most_common()),
         sync=sync,
         notes=notes,
+        signals_per_min=signals_per_min,
     )
 
 
@@ -534,12 +609,30 @@ async def measure(
 
 def add_ratios(rows: list[Row]) -> None:
     for mode in MODES:
-        mine = [r for r in rows if r.mode == mode]
-        if not mine:
+        for workers in (1, 2):
+            mine = [r for r in rows if r.mode == mode and r.workers == workers]
+            if not mine:
+                continue
+            base = min(mine, key=lambda r: r.n).requests_per_min
+            for row in mine:
+                row.ratio = row.requests_per_min / base if base else None
+    one = {(r.mode, r.n): r for r in rows if r.workers == 1}
+    for row in rows:
+        first = one.get((row.mode, row.n))
+        if row.workers == 1 or first is None:
             continue
-        base = min(mine, key=lambda r: r.n).requests_per_min
-        for row in mine:
-            row.ratio = row.requests_per_min / base if base else None
+        requests = row.requests_per_min / first.requests_per_min if first.requests_per_min else None
+        signals = None
+        if row.signals_per_min is not None and first.signals_per_min is not None:
+            if first.signals_per_min:
+                signals = row.signals_per_min / first.signals_per_min
+            elif not row.signals_per_min:
+                signals = 1.0  # none with either
+        row.vs_one_worker = (requests, signals)
+
+
+def ratio_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def render(rows: list[Row], window: float, in_memory: bool, console: Console) -> None:
@@ -550,8 +643,11 @@ def render(rows: list[Row], window: float, in_memory: bool, console: Console) ->
     for name in (
         "N",
         "mode",
+        "workers",
         "requests/min at rest",
         "x vs smallest N",
+        "signals/min",
+        "requests, signals x vs 1 worker",
         "workflow tasks/s",
         "worker CPU %",
         "worker RSS MB",
@@ -559,12 +655,19 @@ def render(rows: list[Row], window: float, in_memory: bool, console: Console) ->
         "server RSS MB",
     ):
         table.add_column(name, justify="left" if name == "mode" else "right")
-    for row in sorted(rows, key=lambda r: (r.n, MODES.index(r.mode))):
+    for row in sorted(rows, key=lambda r: (r.n, MODES.index(r.mode), r.workers)):
         table.add_row(
-            str(row.n) + ("" if row.resting >= row.n else f" ({row.resting} resting)"),
+            str(row.n)
+            + (f" + {row.partial} partly filled" if row.partial else "")
+            + ("" if row.resting >= row.n else f" ({row.resting} resting)"),
             row.mode,
+            str(row.workers),
             f"{row.requests_per_min:.1f}",
-            "-" if row.ratio is None else f"{row.ratio:.2f}x",
+            ratio_text(row.ratio),
+            "-" if row.signals_per_min is None else f"{row.signals_per_min:.1f}",
+            "-"
+            if row.vs_one_worker is None
+            else f"{ratio_text(row.vs_one_worker[0])}, {ratio_text(row.vs_one_worker[1])}",
             f"{row.server_wft_per_s:.2f}",
             f"{row.worker_cpu_pct:.0f}",
             "-" if row.worker_rss_mb is None else f"{row.worker_rss_mb:.0f}",
@@ -594,7 +697,8 @@ def render(rows: list[Row], window: float, in_memory: bool, console: Console) ->
         if row.sync:
             details.append(f"sync {row.sync}")
         details += [f"NOTE {note}" for note in row.notes]
-        console.print(f"[dim]{row.mode} N={row.n}: {'; '.join(details)}[/dim]")
+        workers = f", {row.workers} workers" if row.workers > 1 else ""
+        console.print(f"[dim]{row.mode} N={row.n}{workers}: {'; '.join(details)}[/dim]")
     busy = max((r.load_1m for r in rows), default=0.0)
     cpus = os.cpu_count() or 1
     if busy > 2 * cpus:  # the bench itself keeps about one core and a half busy
@@ -618,6 +722,9 @@ async def run_child(mode: str, args: argparse.Namespace, out: Path) -> None:
     """
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--out", str(out)]
     argv += ["--max", str(args.max), "--window", str(args.window)]
+    argv += ["--workers", str(args.workers), "--partial", str(args.partial)]
+    if args.sizes:
+        argv += ["--sizes", args.sizes]
     if args.in_memory:
         argv.append("--in-memory")
     child = await asyncio.create_subprocess_exec(*argv)
@@ -662,11 +769,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--in-memory", action="store_true", help="dev server in memory instead of a SQLite file"
     )
+    parser.add_argument("--sizes", help="the Ns instead of --max's, e.g. 200 or 10,200")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="sync mode: also measure each N with a second worker (2) or not (1)",
+    )
+    parser.add_argument(
+        "--partial", type=int, default=10, help="sync mode: partly filled intents besides N"
+    )
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = [n for n in SIZES if n <= args.max]
+    if args.sizes:
+        sizes = sorted({int(n) for n in args.sizes.split(",") if n.strip()})
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not sizes or any(m not in MODES for m in modes) or args.window <= 0:
         parser.error(f"--max at least {SIZES[0]}, --modes from {MODES}, --window positive")
@@ -675,14 +795,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:  # one mode, in this process; the parent renders
         try:
             rows = asyncio.run(
-                stoppable(run_mode(args.child, sizes, args.window, args.in_memory, console))
+                stoppable(
+                    run_mode(
+                        args.child,
+                        sizes,
+                        args.window,
+                        args.in_memory,
+                        console,
+                        workers=args.workers,
+                        partial=args.partial,
+                    )
+                )
             )
         except (asyncio.CancelledError, KeyboardInterrupt):
             sys.exit(130)
         args.out.write_text(json.dumps([asdict(r) for r in rows]))
         return
-    ceiling = IntentStart.model_fields["poll_ceiling"].default.total_seconds()
-    if "polling" in modes and args.window % ceiling:
+    if "polling" in modes and args.window % (
+        ceiling := IntentStart.model_fields["poll_ceiling"].default.total_seconds()
+    ):
         console.print(
             f"[yellow]the window is not a multiple of the {ceiling:.0f}s poll ceiling: "
             "intents placed together poll together, so polling figures alias[/yellow]"

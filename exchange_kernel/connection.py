@@ -28,6 +28,14 @@ def account_task_queue(task_queue: str, account: str) -> str:
     return f"{task_queue}-account-{account}"
 
 
+def worker_sync_queue(task_queue: str, account: str, worker_id: str) -> str:
+    """The task queue of `account`'s sync rounds on one worker process (`worker_id`, unique per
+    process run): only that process polls it, so a round sent there finds the snapshot the
+    process kept of the previous round (worker affinity, as Temporal's samples do it with
+    worker-specific task queues)."""
+    return f"{account_task_queue(task_queue, account)}-worker-{worker_id}"
+
+
 def sync_task_queue(task_queue: str) -> str:
     """The task queue of the account syncs of the kernel on `task_queue`: their workflow tasks
     never wait behind a backlog of intents' tasks (thousands submitted at once), which would

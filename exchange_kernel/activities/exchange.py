@@ -62,12 +62,16 @@ STOP_NOT_TRIGGERED = "StopNotTriggered"
 class ExchangeActivities:
     """The activities, bound to the worker's pool of ccxt clients."""
 
-    def __init__(self, pool: ExchangePool) -> None:
+    def __init__(self, pool: ExchangePool, sync_queues: dict[str, str] | None = None) -> None:
         self.pool = pool
         # Per account: the round of the last sync and the open orders it saw then. A cache
         # only: when it does not follow on from the previous round (new or other worker),
         # the round reports every open order id so the workflow can resync what it can't diff.
         self._snapshots: dict[str, tuple[int, dict[str, OpenOrderMark]]] = {}
+        # Per account: the task queue only this process polls for sync rounds
+        # (`connection.worker_sync_queue`). Each round names it, and the workflow sends the
+        # next round there, so rounds keep finding this snapshot however many workers run.
+        self._sync_queues = dict(sync_queues or {})
         # Per (account, symbol) with an open-notional limit: held from the sum of the open
         # orders until the new order is created, so this worker's placements on a symbol
         # cannot both pass the check on the same book (other workers still can: docs).
@@ -420,6 +424,7 @@ class ExchangeActivities:
                 not_open=tuple(k for k in request.new_digests if k not in open_keys),
                 trade_cursor=cursor,
                 open_client_order_ids=tuple(now_open) if cold else None,
+                worker_queue=self._sync_queues.get(request.account),
             )
 
         return await self._call(request.account, call)

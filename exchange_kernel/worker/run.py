@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ from exchange_kernel.connection import (
     TASK_QUEUE,
     account_task_queue,
     sync_task_queue,
+    worker_sync_queue,
 )
 from exchange_kernel.models import account_sync_id
 from exchange_kernel.worker.metrics import IntentGauges
@@ -56,13 +58,23 @@ class KernelWorker:
     per second, however many workers poll the queue (docs/operations.md, scale-out). `syncs`
     runs the account syncs on `sync_task_queue(task_queue)`, with workflow task slots of their
     own (`main` still runs syncs started on the kernel's queue, until they continue as new).
+    `rounds` has one more activity-only worker per account, polling the queue of this process
+    alone (`worker_sync_queue`): the account's sync sends its next round to the process that
+    served the last one, whose snapshot it diffs against (`AccountSyncWorkflow._observe`).
     """
 
-    def __init__(self, main: Worker, accounts: dict[str, Worker], syncs: Worker) -> None:
+    def __init__(
+        self,
+        main: Worker,
+        accounts: dict[str, Worker],
+        syncs: Worker,
+        rounds: dict[str, Worker] | None = None,
+    ) -> None:
         self.main = main
         self.accounts = accounts
         self.syncs = syncs
-        self.workers = [main, *accounts.values(), syncs]
+        self.rounds = rounds or {}
+        self.workers = [main, *accounts.values(), syncs, *self.rounds.values()]
 
     @property
     def task_queue(self) -> str:
@@ -114,10 +126,15 @@ def build_worker(
     *,
     max_concurrent_activities: int = 200,
     max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
+    worker_id: str | None = None,
 ) -> KernelWorker:
     """The workflows on `task_queue`, and each account's exchange activities on its own queue
     with its rate limit (`accounts.activities_per_second`). Call it on the event loop that will
     run the workers (their query guards request evictions there).
+
+    `worker_id`: names this worker's own sync-round queues (`worker_sync_queue`); unique per
+    worker (default: a new random one), so a restarted process never inherits rounds meant
+    for the snapshot its predecessor held.
 
     `max_cached_workflows`: runs each workflow worker keeps in memory; a run that is not
     replays its history from the start at its next workflow task. At least 1: with none, the
@@ -125,7 +142,10 @@ def build_worker(
     times out, task after task)."""
     if max_cached_workflows < 1:
         raise ValueError("max_cached_workflows must be at least 1")
-    activities = ExchangeActivities(pool).all()
+    worker_id = worker_id or uuid.uuid4().hex[:12]
+    sync_queues = {name: worker_sync_queue(task_queue, name, worker_id) for name in pool.accounts}
+    exchange_activities = ExchangeActivities(pool, sync_queues)
+    activities = exchange_activities.all()
     kernel_activities = KernelActivities(client).all()
     # Each worker running workflows evicts a run after a legacy query that loaded it advanced
     # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
@@ -159,7 +179,19 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
     )
     syncs_guard.bind(syncs)
-    return KernelWorker(main, accounts, syncs)
+    # The sync's rounds that follow on from this process's last one. With the account's rate
+    # limit too, though Temporal meters it per queue: a sync runs one round at a time, one per
+    # interval (docs/operations.md, scale-out: what this does to the account's budget).
+    rounds = {
+        name: Worker(
+            client,
+            task_queue=sync_queues[name],
+            activities=[exchange_activities.sync_account],
+            max_task_queue_activities_per_second=activities_per_second(config),
+        )
+        for name, config in sorted(pool.accounts.items())
+    }
+    return KernelWorker(main, accounts, syncs, rounds)
 
 
 async def ensure_account_syncs(
@@ -201,6 +233,8 @@ async def run_worker(
         rate = account_worker.config().get("max_task_queue_activities_per_second")
         limit = "no rate limit" if rate is None else f"at most {rate:g} activities/s"
         log.info("account %s: task queue %s, %s", name, account_worker.task_queue, limit)
+    for name, rounds_worker in worker.rounds.items():
+        log.info("account %s: this worker's sync rounds on %s", name, rounds_worker.task_queue)
     try:
         gauges = IntentGauges(client, task_queue, sorted(accounts)) if metrics else None
         async with worker, gauges or contextlib.nullcontext():

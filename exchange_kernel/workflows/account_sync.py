@@ -17,7 +17,8 @@ import asyncio
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, TimeoutType
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
@@ -61,6 +62,9 @@ class AccountSyncStart(Value):
     # The last completed round, and since when the watched intents were told the view lapsed.
     last_round_at: datetime | None = None
     lapsed_since: datetime | None = None
+    # The task queue of the worker process that served the last round (its snapshot is the
+    # one the next round diffs against); None: the account's queue, any worker.
+    home_queue: str | None = None
 
 
 class AccountSyncStatus(Value):
@@ -83,6 +87,10 @@ MAX_HISTORY_EVENTS = 2000
 # One round's budget, retries included: below the intents' staleness bound, so a failing
 # exchange is noticed (and the watched intents told their view lapsed) within about it.
 ROUND_BUDGET = timedelta(seconds=20)
+# How long a round waits for the worker that served the previous one: a live worker polls its
+# own queue all the time, so a round not started by then means the worker is gone (killed,
+# restarted, shut down), and the round goes to any worker of the account instead.
+HOME_WAIT = timedelta(seconds=3)
 
 
 @workflow.defn(name="AccountSync")
@@ -97,6 +105,7 @@ class AccountSyncWorkflow:
         self.last_round_at: datetime | None = start.last_round_at
         # The watched intents were told that no round completed since this time.
         self.lapsed_since: datetime | None = start.lapsed_since
+        self.home_queue: str | None = start.home_queue
         self.last_error: str | None = None
         self.signals_sent = 0
         self.halt_reasons: dict[str, str] = dict(start.halts)
@@ -268,6 +277,7 @@ class AccountSyncWorkflow:
                             "task_queue": kernel_queue,
                             "last_round_at": self.last_round_at,
                             "lapsed_since": self.lapsed_since,
+                            "home_queue": self.home_queue,
                         }
                     ),
                     # A run on the kernel's queue moves to the syncs' own.
@@ -318,17 +328,7 @@ class AccountSyncWorkflow:
         )
         self.fresh = set()
         try:
-            result = await workflow.execute_activity(
-                "sync_account",
-                request,
-                task_queue=self._activity_queue(),
-                result_type=SyncResult,
-                # Short: a worker killed mid-round must not leave the account unobserved long.
-                start_to_close_timeout=timedelta(seconds=15),
-                schedule_to_close_timeout=ROUND_BUDGET,
-                retry_policy=EXCHANGE_RETRY,
-                summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
-            )
+            result = await self._observe(request)
         except ActivityError as error:
             self.last_error = str(error.cause or error)
             for key in request.new_digests:
@@ -340,6 +340,7 @@ class AccountSyncWorkflow:
         self.last_error = None
         self.last_round_at = workflow.now()
         self.trade_cursor = dict(result.trade_cursor)
+        self.home_queue = result.worker_queue
         sends = []
         if self.lapsed_since is not None:
             # The view is back: this round saw everything that changed during the gap.
@@ -372,6 +373,42 @@ class AccountSyncWorkflow:
         # every watched intent; smaller tasks also stay clear of the deadlock detector.
         for first in range(0, len(sends), SIGNAL_BATCH):
             await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
+
+    async def _observe(self, request: SyncRequest) -> SyncResult:
+        """Run the round where the previous one ran: the worker processes each keep the open
+        orders their last round saw, and a round that follows on from it sends only what
+        changed. Sent anywhere else (N workers: most rounds), a round is cold: it tells every
+        partly filled intent again and resyncs every watched intent without an open order.
+        The worker gone, the round goes to the account's queue: one cold round on any worker,
+        which is the next rounds' home."""
+        if self.home_queue is not None:
+            try:
+                return await self._execute_round(request, self.home_queue, HOME_WAIT)
+            except ActivityError as error:
+                cause = error.cause
+                gone = isinstance(cause, ActivityTimeout) and (
+                    cause.type is TimeoutType.SCHEDULE_TO_START
+                )
+                if not gone:
+                    raise
+                self.home_queue = None
+        return await self._execute_round(request, self._activity_queue(), None)
+
+    async def _execute_round(
+        self, request: SyncRequest, task_queue: str, start_within: timedelta | None
+    ) -> SyncResult:
+        return await workflow.execute_activity(
+            "sync_account",
+            request,
+            task_queue=task_queue,
+            result_type=SyncResult,
+            schedule_to_start_timeout=start_within,
+            # Short: a worker killed mid-round must not leave the account unobserved long.
+            start_to_close_timeout=timedelta(seconds=15),
+            schedule_to_close_timeout=ROUND_BUDGET,
+            retry_policy=EXCHANGE_RETRY,
+            summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
+        )
 
     async def _check_lapse(self) -> None:
         """No round completed for longer than the intents' staleness bound: tell every
