@@ -1004,8 +1004,11 @@ class IntentGroup(Value):
     def leg_id(self, leg: str) -> str:
         return f"{self.group_id}.{leg}"
 
-    def bracket_intent(self, leg: str, amount: Decimal) -> OrderIntent:
-        """The entry, take-profit or stop-loss leg of a bracket as an intent."""
+    def bracket_intent(self, leg: str, amount: Decimal, held_stop: bool = False) -> OrderIntent:
+        """The entry, take-profit or stop-loss leg of a bracket as an intent. `held_stop`: the
+        stop-loss is held by its workflow and placed only on its group's release (on spot, the
+        take-profit resting on the exchange locks the whole position: a second order selling
+        it would be refused)."""
         assert self.entry is not None
         if leg == "entry":
             spec = self.entry
@@ -1033,6 +1036,8 @@ class IntentGroup(Value):
             order=spec,
             group_id=self.group_id,
             strategy_id=self.strategy_id,
+            hold_stop=held_stop and leg == "stop_loss",
+            release_by_group=held_stop and leg == "stop_loss",
         )
 
 
@@ -1074,3 +1079,15 @@ class GroupState(Value):
     # Fills that landed on legs that should have been cancelled: reported, never hidden.
     overfill: dict[str, Money] = Field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # Bracket: the stop-loss is held by its workflow and released by the group once the
+    # take-profit is cancelled, and the exits are sized net of the entry's fee to the market's
+    # step size. Set by the workflow behind a patch: False in runs started before, whose exits
+    # both rest on the exchange, sized to the entry's filled amount.
+    held_stop_loss: bool = False
+    # Bracket with a held stop-loss: the market's rules (the step size exits are rounded down
+    # to, the minimums a first exit must meet), or why they could not be loaded (then the exits
+    # are sized unrounded and the members' own checks judge them).
+    rules: MarketRules | None = None
+    rules_failure: str | None = None
+    # Held stops (triggered, waiting for the group) the group released, in that order.
+    released: tuple[str, ...] = ()

@@ -15,6 +15,8 @@ from exchange_kernel.group_plan import (
     CancelMember,
     Finish,
     GroupAction,
+    LoadRules,
+    ReleaseMember,
     ResizeMember,
     StartMember,
     Trigger,
@@ -22,19 +24,23 @@ from exchange_kernel.group_plan import (
     open_position,
     owned,
     plan_group,
+    received,
     record_group,
     record_report,
     request_cancel,
+    stop_triggered,
 )
 from exchange_kernel.models import (
     GroupKind,
     GroupState,
     IntentGroup,
     IntentStatus,
+    MarketRules,
     MemberUpdate,
     OcoTrigger,
     OrderIntent,
     OrderSpec,
+    OrderType,
 )
 
 D = Decimal
@@ -71,15 +77,52 @@ def bracket() -> GroupState:
 
 
 ENTRY, TP, SL = "b.entry", "b.take_profit", "b.stop_loss"
+ETH_RULES = MarketRules(
+    symbol="ETH/USDT", step_size=D("0.0001"), min_amount=D("0.0001"), min_notional=D("5")
+)
 
 
-def report(state: GroupState, intent_id: str, filled: str, status: IntentStatus) -> GroupState:
-    return record_report(state, MemberUpdate(intent_id=intent_id, filled=D(filled), status=status))
+def held_bracket(side: str = "buy") -> GroupState:
+    """A bracket started since the held stop-loss patch."""
+    prices = ("2100", "1900") if side == "buy" else ("1900", "2100")
+    group = IntentGroup(
+        group_id="b",
+        account="paper",
+        kind=GroupKind.BRACKET,
+        entry=OrderSpec(symbol="ETH/USDT", side=side, amount="1", price="1990"),
+        take_profit=D(prices[0]),
+        stop_loss=D(prices[1]),
+    )
+    return GroupState(group=group, held_stop_loss=True)
+
+
+def report(
+    state: GroupState,
+    intent_id: str,
+    filled: str,
+    status: IntentStatus,
+    *,
+    triggered: bool = False,
+    fees: dict[str, str] | None = None,
+) -> GroupState:
+    update = MemberUpdate(
+        intent_id=intent_id,
+        filled=D(filled),
+        status=status,
+        triggered=triggered,
+        fees={k: D(v) for k, v in (fees or {}).items()},
+    )
+    return record_report(state, update)
+
+
+def bought(state: GroupState, filled: str, status: IntentStatus = IntentStatus.PARTIALLY_FILLED):
+    """The entry filled `filled` in all, paying the paper exchange's 0.1% fee in ETH."""
+    return report(state, ENTRY, filled, status, fees={"ETH": str(D(filled) / 1000)})
 
 
 def settle(state: GroupState, refused: frozenset[str] = frozenset()) -> GroupState:
     """Plan and record until nothing is due (every step carried out; starts of `refused`
-    refused)."""
+    refused; rules loaded as ETH_RULES)."""
     for _ in range(10):
         steps = plan_group(state)
         if not steps:
@@ -88,7 +131,8 @@ def settle(state: GroupState, refused: frozenset[str] = frozenset()) -> GroupSta
             failure = None
             if isinstance(step, StartMember) and step.intent.intent_id in refused:
                 failure = "workflow already started"
-            state = record_group(state, step, failure)
+            rules = ETH_RULES if isinstance(step, LoadRules) else None
+            state = record_group(state, step, failure, rules=rules)
     raise AssertionError(f"the plan did not settle: {plan_group(state)}")
 
 
@@ -306,6 +350,173 @@ def test_bracket_cancelled_between_entry_fill_and_exit_start_finishes() -> None:
     assert plan_group(state) == (Finish(reason="cancelled: stop"),)
 
 
+# --- bracket with a held stop-loss ---------------------------------------------------------
+
+
+def test_held_bracket_loads_the_rules_with_the_entrys_start() -> None:
+    steps = plan_group(held_bracket())
+    assert [s.kind for s in steps] == ["start", "load_rules"]
+    assert settle(held_bracket()).rules == ETH_RULES
+
+
+def test_held_bracket_exits_cover_the_fill_less_the_fee_paid_in_the_base_asset() -> None:
+    steps = plan_group(bought(settle(held_bracket()), "0.4"))
+    assert [(s.intent.intent_id, s.intent.order.amount) for s in steps] == [  # type: ignore[union-attr]
+        (TP, D("0.3996")),
+        (SL, D("0.3996")),
+    ]
+
+
+def test_held_bracket_stop_loss_is_held_and_released_by_the_group() -> None:
+    steps = plan_group(bought(settle(held_bracket()), "0.4"))
+    tp, sl = (s.intent for s in steps)  # type: ignore[union-attr]
+    assert (tp.order.type, tp.hold_stop) == (OrderType.LIMIT, False)
+    assert (sl.order.type, sl.hold_stop, sl.release_by_group) == (OrderType.STOP_LIMIT, True, True)
+
+
+def test_held_bracket_exits_are_rounded_down_to_the_step_size() -> None:
+    state = report(settle(held_bracket()), ENTRY, "0.4", PARTIAL, fees={"ETH": "0.00004001"})
+    assert received(state) == D("0.3999")
+
+
+def test_a_fee_paid_in_another_asset_is_not_deducted() -> None:
+    state = report(settle(held_bracket()), ENTRY, "0.4", PARTIAL, fees={"BNB": "0.001"})
+    assert received(state) == D("0.4")
+
+
+def test_a_sell_entrys_buy_back_covers_the_filled_amount() -> None:
+    state = report(settle(held_bracket("sell")), ENTRY, "0.4", PARTIAL, fees={"USDT": "0.8"})
+    assert received(state) == D("0.4")
+
+
+def test_runs_before_the_patch_size_exits_to_the_filled_amount() -> None:
+    state = settle(report(settle(bracket()), ENTRY, "0.4", PARTIAL, fees={"ETH": "0.0004"}))
+    assert state.sized == {TP: D("0.4"), SL: D("0.4")}
+
+
+def test_held_bracket_waits_for_a_position_the_market_takes() -> None:
+    state = bought(settle(held_bracket()), "0.002")  # 0.001998 ETH: about 3.8 USDT at 1900
+    assert plan_group(state) == ()
+    assert [s.kind for s in plan_group(bought(state, "0.01"))] == ["start", "start"]
+
+
+def test_rules_that_cannot_be_loaded_leave_the_exits_unrounded() -> None:
+    state = held_bracket()
+    for step in plan_group(state):
+        state = record_group(state, step, "BadSymbol" if isinstance(step, LoadRules) else None)
+    assert state.rules_failure == "BadSymbol"
+    state = report(state, ENTRY, "0.4", PARTIAL, fees={"ETH": "0.00004001"})
+    assert received(state) == D("0.39995999")
+
+
+def stopped(state: GroupState, sl_filled: str = "0") -> GroupState:
+    return report(state, SL, sl_filled, OPEN, triggered=True)
+
+
+def test_triggered_stop_loss_first_cancels_the_take_profit_and_the_entrys_rest() -> None:
+    state = stopped(settle(bought(settle(held_bracket()), "0.7")))
+    reason = "bracket: the stop-loss triggered"
+    assert plan_group(state) == (
+        CancelMember(intent_id=ENTRY, reason=reason),
+        CancelMember(intent_id=TP, reason=reason),
+    )
+
+
+def test_triggered_stop_loss_waits_for_the_final_fills_of_both() -> None:
+    state = settle(stopped(settle(bought(settle(held_bracket()), "0.7"))))
+    assert plan_group(state) == ()
+    state = report(state, TP, "0", CANCELED)
+    assert plan_group(state) == ()  # the entry may still fill
+    state = bought(state, "0.8", CANCELED)
+    assert plan_group(state) == (
+        ResizeMember(intent_id=SL, amount=D("0.7992"), reason="cover the open position 0.7992"),
+    )
+
+
+def test_triggered_stop_loss_is_released_once_sized_to_the_position() -> None:
+    state = settle(stopped(settle(bought(settle(held_bracket()), "0.7", FILLED))))
+    state = report(state, TP, "0.2", CANCELED)  # sold some before its cancel
+    (resize,) = plan_group(state)
+    assert resize == ResizeMember(
+        intent_id=SL, amount=D("0.4993"), reason="cover the open position 0.4993"
+    )
+    state = record_group(state, resize)
+    (release,) = plan_group(state)
+    assert isinstance(release, ReleaseMember) and release.intent_id == SL
+    state = record_group(state, release)
+    assert state.released == (SL,)
+    assert plan_group(state) == ()  # released once
+    state = report(state, SL, "0.4993", FILLED)
+    assert plan_group(state) == (Finish(reason="every member finished"),)
+    assert state.overfill == {}
+
+
+def test_triggered_stop_loss_with_the_position_closed_is_cancelled() -> None:
+    state = settle(stopped(settle(bought(settle(held_bracket()), "0.7", FILLED))))
+    state = report(state, TP, "0.6993", FILLED)  # the take-profit sold it all meanwhile
+    assert plan_group(state) == (CancelMember(intent_id=SL, reason="bracket: position closed"),)
+
+
+def test_untriggered_held_stop_loss_follows_the_take_profits_fills() -> None:
+    state = settle(bought(settle(held_bracket()), "0.7", FILLED))
+    state = report(state, TP, "0.3", PARTIAL)
+    assert plan_group(state) == (
+        ResizeMember(intent_id=SL, amount=D("0.3993"), reason="cover the open position 0.3993"),
+    )
+
+
+def test_the_state_lists_every_leg_it_started() -> None:
+    state = settle(bought(settle(held_bracket()), "0.4"))
+    assert state.started == (ENTRY, TP, SL)
+
+
+# --- OCO with a held stop --------------------------------------------------------------------
+
+
+def test_oco_triggered_held_stop_fires_and_is_released_once_the_others_are_done() -> None:
+    state = settle(oco())
+    state = report(state, "g.rip", "0", OPEN, triggered=True)
+    assert kinds(plan_group(state)) == [("trigger", "g.rip"), ("cancel", "g.dip")]
+    state = settle(state)
+    assert state.triggered_by == "g.rip" and state.released == ()
+    state = report(state, "g.dip", "0", CANCELED)
+    assert kinds(plan_group(state)) == [("release", "g.rip")]
+    state = settle(state)
+    assert state.released == ("g.rip",)
+
+
+# --- overfill: reported whatever the group is doing -------------------------------------------
+
+
+def test_oco_overfill_is_reported_while_the_group_is_cancelled() -> None:
+    state = request_cancel(settle(oco()), "done")
+    state = settle(report(state, "g.dip", "0.5", PARTIAL))
+    state = settle(report(state, "g.rip", "0.2", PARTIAL))
+    assert state.overfill == {"g.rip": D("0.2")}
+
+
+def test_bracket_overfill_is_reported_while_the_group_is_cancelled() -> None:
+    state = settle(bought(settle(held_bracket()), "0.4"))
+    state = request_cancel(state, "done")
+    state = report(state, TP, "0.3996", FILLED)
+    state = report(state, SL, "0.1", PARTIAL)
+    assert state.overfill == {TP: D("0.3996"), SL: D("0.1")}
+
+
+def test_exits_selling_more_than_the_entry_brought_in_are_overfill() -> None:
+    # The take-profit sold the gross fill: more than the account received, net of the fee.
+    state = settle(bought(settle(held_bracket()), "0.4"))
+    state = report(state, TP, "0.4", FILLED)
+    assert state.overfill == {TP: D("0.4")}
+
+
+def test_bracket_overfill_is_reported_while_the_stop_loss_waits_for_release() -> None:
+    state = settle(stopped(settle(bought(settle(held_bracket()), "0.4"))))
+    state = report(state, TP, "0.3996", FILLED)
+    state = settle(report(state, SL, "0.1", OPEN, triggered=True))
+    assert state.overfill == {TP: D("0.3996"), SL: D("0.1")}
+
+
 # --- reports and refused starts ------------------------------------------------------------
 
 
@@ -392,9 +603,19 @@ class SimMember:
     amount: Decimal
     filled: Decimal = field(default_factory=Decimal)
     status: IntentStatus = OPEN
+    # A held stop released by its group: fills only once released.
+    held: bool = False
+    triggered: bool = False
+    fees: dict[str, Decimal] = field(default_factory=dict)
 
     def update(self, intent_id: str) -> MemberUpdate:
-        return MemberUpdate(intent_id=intent_id, filled=self.filled, status=self.status)
+        return MemberUpdate(
+            intent_id=intent_id,
+            filled=self.filled,
+            status=self.status,
+            triggered=self.held and self.triggered and not self.status.is_terminal,
+            fees=self.fees,
+        )
 
 
 class GroupMachine(RuleBasedStateMachine):
@@ -409,13 +630,15 @@ class GroupMachine(RuleBasedStateMachine):
         self.started: list[str] = []
 
     @initialize(
-        kind=st.sampled_from(["oco", "oco_full", "oco3", "bracket"]),
+        kind=st.sampled_from(["oco", "oco_full", "oco3", "bracket", "held_bracket"]),
         refused=st.sets(st.sampled_from(["g.rip", "b.take_profit"]), max_size=1),
     )
     def choose(self, kind: str, refused: set[str]) -> None:
         self.refused = frozenset(refused)
         if kind == "bracket":
             self.state = bracket()
+        elif kind == "held_bracket":
+            self.state = held_bracket()
         else:
             trigger = OcoTrigger.FULL_FILL if kind == "oco_full" else OcoTrigger.FIRST_FILL
             self.state = oco(trigger, legs=3 if kind == "oco3" else 2)
@@ -426,13 +649,24 @@ class GroupMachine(RuleBasedStateMachine):
     def live(self) -> list[str]:
         return sorted(i for i, m in self.sim.items() if not m.status.is_terminal)
 
-    @precondition(lambda self: self.live())
+    def fillable(self) -> list[str]:
+        # A held stop places nothing (so fills nothing) until its group released it.
+        return [i for i in self.live() if not (self.sim[i].held and self.sim[i].triggered)]
+
+    @precondition(lambda self: self.fillable())
     @rule(data=st.data(), part=st.sampled_from(["0.1", "0.25", "0.5", "1"]))
     def fill(self, data: st.DataObject, part: str) -> None:
-        intent_id = data.draw(st.sampled_from(self.live()))
+        intent_id = data.draw(st.sampled_from(self.fillable()))
         member = self.sim[intent_id]
-        member.filled = min(member.amount, member.filled + D(part))
-        member.status = FILLED if member.filled == member.amount else PARTIAL
+        if member.held:  # its stop is crossed: it waits for the group's release
+            member.triggered = True
+        else:
+            before = member.filled
+            member.filled = min(member.amount, member.filled + D(part))
+            member.status = FILLED if member.filled == member.amount else PARTIAL
+            if intent_id == ENTRY and self.state.held_stop_loss:
+                fee = (member.filled - before) / 1000  # 0.1%, in ETH
+                member.fees = {"ETH": member.fees.get("ETH", D(0)) + fee}
         self.inbox.append(member.update(intent_id))
 
     @precondition(lambda self: self.live())
@@ -482,13 +716,21 @@ class GroupMachine(RuleBasedStateMachine):
             self.started.append(intent_id)
             if intent_id in self.refused:
                 return "workflow already started"
-            self.sim[intent_id] = SimMember(amount=action.intent.order.amount)
+            self.sim[intent_id] = SimMember(
+                amount=action.intent.order.amount, held=action.intent.release_by_group
+            )
             self.inbox.append(self.sim[intent_id].update(intent_id))
         elif isinstance(action, CancelMember):
             member = self.sim.get(action.intent_id)
             if member is None or member.status.is_terminal:
                 return "workflow execution already completed"
             member.status = CANCELED
+            self.inbox.append(member.update(action.intent_id))
+        elif isinstance(action, ReleaseMember):
+            member = self.sim[action.intent_id]
+            if member.status.is_terminal:
+                return "workflow execution already completed"
+            member.held = False  # placed now: fills like any order
             self.inbox.append(member.update(action.intent_id))
         elif isinstance(action, ResizeMember):
             member = self.sim.get(action.intent_id)
@@ -523,6 +765,14 @@ class GroupMachine(RuleBasedStateMachine):
             own = known[action.intent_id].filled if action.intent_id in known else D(0)
             assert action.amount > own, "sized below what the exit filled"
             assert action.amount - own <= open_position(state), "sized above the position"
+        elif isinstance(action, ReleaseMember):
+            assert action.intent_id == SL and state.cancel_reason is None
+            assert action.intent_id not in state.released, "released twice"
+            for other in (ENTRY, TP):  # what it sells is locked by nothing, fills final
+                assert other not in owned(state) or known[other].status.is_terminal
+            position = open_position(state)
+            assert position > 0
+            assert state.sized[SL] == known[SL].filled + position, "released unsized"
         elif isinstance(action, Trigger):
             assert state.triggered_by is None
         elif isinstance(action, Finish):
@@ -546,6 +796,8 @@ class GroupMachine(RuleBasedStateMachine):
                 and intent_id not in self.state.cancels_sent
                 and not (report and report.status.is_terminal)
             )
+            if working and intent_id == SL and stop_triggered(self.state):
+                continue  # sized to the position once the take-profit's fills are final
             if working:
                 own = report.filled if report else D(0)
                 assert position > 0

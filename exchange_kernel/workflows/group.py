@@ -9,25 +9,45 @@ alone, which is all the workflow keeps (and carries over a continue-as-new).
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, FailureError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel import group_plan
+    from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.devserver import intent_search_attributes
-    from exchange_kernel.group_plan import CancelMember, GroupAction, ResizeMember, StartMember
+    from exchange_kernel.group_plan import (
+        CancelMember,
+        GroupAction,
+        LoadRules,
+        ReleaseMember,
+        ResizeMember,
+        StartMember,
+    )
     from exchange_kernel.models import (
+        GroupKind,
         GroupState,
         IntentChange,
         IntentGroup,
         IntentStart,
+        MarketRequest,
+        MarketRules,
         MemberUpdate,
         OrderIntent,
         workflow_id_for,
     )
+
+# Brackets started from this patch on hold their stop-loss in its workflow while the
+# take-profit rests, and size their exits net of the entry's fee (`GroupState.held_stop_loss`).
+HELD_STOP_LOSS_PATCH = "bracket-held-stop-loss"
+# Loading the market's rules: a slow exchange is retried this long, then the exits are sized
+# without them (their own checks judge them).
+RULES_BUDGET = timedelta(minutes=2)
+RULES_CALL_TIMEOUT = timedelta(seconds=15)
 
 
 @workflow.defn(name="IntentGroup")
@@ -51,12 +71,18 @@ class IntentGroupWorkflow:
 
     @workflow.run
     async def run(self, group: IntentGroup, state: GroupState | None = None) -> GroupState:
+        fresh = self.state.group.kind is GroupKind.BRACKET and not self.state.started
+        if fresh and not self.state.held_stop_loss and workflow.patched(HELD_STOP_LOSS_PATCH):
+            self.state = self.state.model_copy(update={"held_stop_loss": True})
         while not self.state.finished:
             steps = group_plan.plan_group(self.state)
             if steps:
-                failures = await asyncio.gather(*(self._execute(step) for step in steps))
-                for step, failure in zip(steps, failures, strict=True):
-                    self.state = group_plan.record_group(self.state, step, failure)
+                outcomes = await asyncio.gather(*(self._execute(step) for step in steps))
+                for step, outcome in zip(steps, outcomes, strict=True):
+                    if isinstance(outcome, MarketRules):
+                        self.state = group_plan.record_group(self.state, step, rules=outcome)
+                    else:
+                        self.state = group_plan.record_group(self.state, step, outcome)
                 continue
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -71,8 +97,9 @@ class IntentGroupWorkflow:
             lambda: self.state is not planned or workflow.info().is_continue_as_new_suggested()
         )
 
-    async def _execute(self, step: GroupAction) -> str | None:
-        """Carry out one step; None when done, else why it could not be."""
+    async def _execute(self, step: GroupAction) -> str | MarketRules | None:
+        """Carry out one step; None when done (the rules for `LoadRules`), else why it could
+        not be."""
         match step:
             case StartMember(intent=intent):
                 return await self._start(intent)
@@ -80,8 +107,29 @@ class IntentGroupWorkflow:
                 return await self._signal(intent_id, "cancel", reason)
             case ResizeMember(intent_id=intent_id, amount=amount):
                 return await self._signal(intent_id, "modify", IntentChange(amount=amount))
+            case ReleaseMember(intent_id=intent_id):
+                return await self._signal(intent_id, "release")
+            case LoadRules(symbol=symbol):
+                return await self._load_rules(symbol)
             case _:  # Trigger, Finish: decisions with nothing to carry out
                 return None
+
+    async def _load_rules(self, symbol: str) -> MarketRules | str:
+        request = MarketRequest(account=self.state.group.account, symbol=symbol)
+        try:
+            return await workflow.execute_activity(
+                "load_market",
+                request,
+                result_type=MarketRules,
+                # The activity runs on the workflow's own queue, as the intents' rules do.
+                task_queue=workflow.info().task_queue,
+                start_to_close_timeout=RULES_CALL_TIMEOUT,
+                schedule_to_close_timeout=RULES_BUDGET,
+                retry_policy=EXCHANGE_RETRY,
+                summary=f"market rules of {symbol}",
+            )
+        except ActivityError as error:
+            return str(error.cause or error)
 
     async def _start(self, intent: OrderIntent) -> str | None:
         try:
@@ -102,10 +150,10 @@ class IntentGroupWorkflow:
             return str(exc) or "an intent with this id exists already"
         return None
 
-    async def _signal(self, intent_id: str, name: str, arg: object) -> str | None:
+    async def _signal(self, intent_id: str, name: str, *args: object) -> str | None:
         handle = workflow.get_external_workflow_handle(workflow_id_for(intent_id))
         try:
-            await handle.signal(name, arg)
+            await handle.signal(name, args=args)
         except FailureError as exc:  # the member already finished
             return str(exc) or type(exc).__name__
         return None
