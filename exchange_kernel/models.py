@@ -1081,8 +1081,8 @@ class GroupState(Value):
     notes: tuple[str, ...] = ()
     # Bracket: the stop-loss is held by its workflow and released by the group once the
     # take-profit is cancelled, and the exits are sized net of the entry's fee to the market's
-    # step size. Set by the workflow behind a patch: False in runs started before, whose exits
-    # both rest on the exchange, sized to the entry's filled amount.
+    # step size. Set by the workflow for every bracket it starts; False (both exits resting on
+    # the exchange, sized to the entry's filled amount) is only the planner's plain mode.
     held_stop_loss: bool = False
     # Bracket with a held stop-loss: the market's rules (the step size exits are rounded down
     # to, the minimums a first exit must meet), or why they could not be loaded (then the exits

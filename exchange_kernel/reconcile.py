@@ -852,14 +852,20 @@ def record(
 def _record_amend(
     state: IntentState, replaces: int, new: int, outcome: Amended, now: datetime
 ) -> IntentState:
+    before = state.placement(replaces).filled  # what the plan saw
     if outcome.replaced is not None:
         state = observe(state, outcome.replaced, now)
     if outcome.order is not None:
         return observe(state, outcome.order, now)
     if outcome.replaced is not None and outcome.replaced.status.is_live:
-        # Not sent: the old order changed since it was planned. It stays; the new one was never
-        # placed. The next plan starts again from what was observed.
+        # Not made: the old order stays, the new one was never placed. If the old one changed
+        # since it was planned (a fill), the next plan starts again from what was observed; if
+        # not, the exchange refused the edit: like any refused order, back to the last accepted
+        # revision (else the same edit would be sent again and again).
         state = _move(state, replaces, Event.AMEND_NOT_SENT, now, observed=False)
+        if outcome.replaced.filled == before:
+            state = _refuse(state, new, "the exchange did not make the edit", now)
+            return _refused_revision(state, new, "the exchange did not make the edit", now)
     return observe_absent(state, new, now)
 
 

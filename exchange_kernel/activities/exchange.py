@@ -225,7 +225,7 @@ class ExchangeActivities:
                     # The old order ended: maybe by this very edit, sent before by a workflow
                     # task that was lost (a reset redoes it). Report the replacement if it exists.
                     if not looked_up:
-                        order = await find_order(client, new.symbol, new.client_order_id)
+                        order = await find_visible(client, new.symbol, new.client_order_id)
                     return AmendResult(replaced=current, order=order)
                 if current.filled != request.replaces_filled:
                     return AmendResult(replaced=current, order=None)
@@ -252,7 +252,7 @@ class ExchangeActivities:
                         # cancelReplace refuses (Binance -2022/-2021) when the old order ended
                         # (filled, cancelled): observe both instead of guessing.
                         activity.logger.info("amend of %s refused: %s", new.client_order_id, exc)
-                        order = await find_order(client, new.symbol, new.client_order_id)
+                        order = await find_visible(client, new.symbol, new.client_order_id)
             replaced = await find_order(client, new.symbol, request.replaces_client_order_id)
             return AmendResult(replaced=replaced, order=order)
 
@@ -324,7 +324,9 @@ class ExchangeActivities:
                 )
             except ccxt.OrderNotFound:
                 pass  # already ended or never existed: the lookup below tells which
-            return await find_order(
+            # "Not found" right after a cancel may be the exchange's read lag on an order
+            # created a moment ago (its fills not final): believed only after the grace.
+            return await find_visible(
                 client, request.symbol, request.client_order_id, request.known_filled
             )
 
@@ -600,18 +602,20 @@ async def resting_notional(client: Any, symbol: str, exclude: tuple[str, ...] = 
     return total
 
 
-async def find_visible(client: Any, symbol: str, client_order_id: str) -> ExchangeOrder | None:
-    """Look an order up that an earlier attempt may have created: exchanges' reads lag their
-    writes, so "not found" is believed only VISIBILITY_GRACE after this attempt started (every
-    earlier attempt, and its create, came before that)."""
-    found = await find_order(client, symbol, client_order_id)
+async def find_visible(
+    client: Any, symbol: str, client_order_id: str, known_filled: Decimal | None = None
+) -> ExchangeOrder | None:
+    """Look an order up that may have been created a moment ago (by an earlier attempt, or just
+    before a cancel): exchanges' reads lag their writes, so "not found" is believed only
+    VISIBILITY_GRACE after this attempt started (every earlier write came before that)."""
+    found = await find_order(client, symbol, client_order_id, known_filled)
     if found is not None:
         return found
     started = activity.info().started_time
     waited = datetime.now(UTC) - started if started.tzinfo else timedelta(0)
     if waited < VISIBILITY_GRACE:
         await asyncio.sleep((VISIBILITY_GRACE - waited).total_seconds())
-        found = await find_order(client, symbol, client_order_id)
+        found = await find_order(client, symbol, client_order_id, known_filled)
     return found
 
 

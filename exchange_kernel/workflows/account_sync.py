@@ -244,6 +244,11 @@ class AccountSyncWorkflow:
     def sync_now(self) -> None:
         self.sync_requested = True
 
+    @workflow.query(name="watched")
+    def query_watched(self) -> dict[str, str]:
+        """The intents this sync observes: intent id -> symbol."""
+        return dict(self.watched)
+
     @workflow.query
     def status(self) -> AccountSyncStatus:
         return AccountSyncStatus(

@@ -41,9 +41,6 @@ with workflow.unsafe.imports_passed_through():
         workflow_id_for,
     )
 
-# Brackets started from this patch on hold their stop-loss in its workflow while the
-# take-profit rests, and size their exits net of the entry's fee (`GroupState.held_stop_loss`).
-HELD_STOP_LOSS_PATCH = "bracket-held-stop-loss"
 # Loading the market's rules: a slow exchange is retried this long, then the exits are sized
 # without them (their own checks judge them).
 RULES_BUDGET = timedelta(minutes=2)
@@ -72,7 +69,8 @@ class IntentGroupWorkflow:
     @workflow.run
     async def run(self, group: IntentGroup, state: GroupState | None = None) -> GroupState:
         fresh = self.state.group.kind is GroupKind.BRACKET and not self.state.started
-        if fresh and not self.state.held_stop_loss and workflow.patched(HELD_STOP_LOSS_PATCH):
+        if fresh and not self.state.held_stop_loss:
+            # Every bracket holds its stop-loss while the take-profit rests (0.2.0 baseline).
             self.state = self.state.model_copy(update={"held_stop_loss": True})
         while not self.state.finished:
             steps = group_plan.plan_group(self.state)

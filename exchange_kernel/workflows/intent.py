@@ -65,6 +65,8 @@ EXCHANGE_CALL_BUDGET = timedelta(minutes=5)
 LOOKUP_BUDGET = timedelta(seconds=20)
 # ccxt times out a request after 10 s; a worker killed mid-call is noticed after this.
 EXCHANGE_CALL_TIMEOUT = timedelta(seconds=15)
+# LastSyncAt is published when it has moved on this much (or with any other change).
+LAST_SYNC_STEP = timedelta(seconds=10)
 # The local activity for market rules: a cache hit takes a millisecond; longer means the
 # exchange is being asked, which the regular activity does better.
 LOCAL_RULES_BUDGET = timedelta(seconds=2)
@@ -550,6 +552,16 @@ class OrderIntentWorkflow:
             "order_ids": tuple(state.exchange_order_ids),
         }
         changed = {k: v for k, v in values.items() if self.published.get(k) != v}
+        # LastSyncAt: when the exchange was last observed for the intent. Published with any
+        # other change, else only once it has moved on by LAST_SYNC_STEP (an event per poll
+        # would cost more than the figure is worth; a watched intent's sync rounds are not
+        # events of its own: `IntentClient.stale_intents` reads the sync for those).
+        observed = state.last_sync_at
+        shown = self.published.get("last_sync_at")
+        if observed is not None and (
+            not isinstance(shown, datetime) or observed - shown >= LAST_SYNC_STEP
+        ):
+            changed["last_sync_at"] = observed
         if changed:
             updates = [
                 INTENT_STATUS.value_set(state.status.value),
@@ -557,7 +569,9 @@ class OrderIntentWorkflow:
             ]
             if state.exchange_order_ids:
                 updates.append(EXCHANGE_ORDER_IDS.value_set(state.exchange_order_ids))
-            updates.append(LAST_SYNC_AT.value_set(workflow.now()))
+            if observed is not None:
+                updates.append(LAST_SYNC_AT.value_set(observed))
+                values["last_sync_at"] = observed
             workflow.upsert_search_attributes(updates)
             self.published.update(values)
         summary = self._summary()
