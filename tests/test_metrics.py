@@ -282,6 +282,7 @@ async def test_worker_gauges_count_intents_by_status_in_visibility(traffic: Metr
     assert {r.labels["reconciliation_status"] for r in rows if r.metric == pending} == {
         "reconciling",
         "unknown",
+        "stale",
     }
 
 
