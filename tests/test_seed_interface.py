@@ -217,12 +217,6 @@ async def test_a_watched_intent_is_observed_by_its_account_syncs_rounds(
     await finish(intents, intent_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the intent workflow upserts LastSyncAt = workflow.now() when its status, "
-    "reconciliation or order ids change; stale_intents settles an intent by visibility alone "
-    "only once it publishes its last observation (IntentState.last_sync_at) instead",
-)
 @pytest.mark.usefixtures("quick_polls")
 async def test_last_sync_at_in_visibility_is_never_later_than_the_last_observation(
     intents: IntentClient, paper: Paper, monkeypatch: pytest.MonkeyPatch

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         Placement,
         PriceSeen,
         PriceWatch,
+        ReconciliationStatus,
         WatchRequest,
         account_sync_id,
         group_workflow_id,
@@ -277,8 +278,11 @@ class OrderIntentWorkflow:
             self.state = reconcile.record(self.state, action, outcome, asked_at)
 
     def _run_full(self, start: IntentStart) -> bool:
-        """Continue as new at a quiet moment (nothing pending) past the run's event bound."""
-        if self.state.pending_changes:
+        """Continue as new at a quiet moment past the run's event bound: nothing pending, and
+        settled, so that every update waiting for its change to settle has its answer (the
+        continue-as-new waits for all handlers to finish)."""
+        settled = (ReconciliationStatus.IN_SYNC, ReconciliationStatus.STALE)
+        if self.state.pending_changes or self.state.reconciliation_status not in settled:
             return False
         info = workflow.info()
         return (
