@@ -61,6 +61,28 @@ def test_random_walk_with_a_seed_walks_the_same_path() -> None:
     assert _walk(7, 50) != _walk(8, 50)
 
 
+def _fills_under_a_walk(seed: int) -> list[tuple[int, int, Decimal, Decimal, bool]]:
+    """Resting buys on a ladder below the price, a seeded walk of 400 steps: each trade, with
+    the step of the walk that made it."""
+    exchange = Exchange(accounts={DEMO_API_KEY: DEMO_SECRET})
+    for price in ("29990", "29970", "29950", "29930", "29900"):
+        _resting_buy(exchange, price, qty="0.1")
+    walk = RandomWalk(seed=seed, volatility=D("0.001"))
+    fills = []
+    for step in range(400):
+        before = len(exchange.trades)
+        walk.advance(exchange)
+        fills += [(step, t.order_id, t.price, t.qty, t.is_maker) for t in exchange.trades[before:]]
+    return fills
+
+
+def test_fills_under_a_seeded_walk_are_the_same_run_after_run() -> None:
+    first = _fills_under_a_walk(7)
+    assert first, "seed 7 crosses some of the ladder"
+    assert _fills_under_a_walk(7) == first
+    assert _fills_under_a_walk(8) != first
+
+
 def test_random_walk_prices_are_decimals_on_the_tick() -> None:
     path = _walk(7, 200, volatility="0.01")
     assert len(set(path)) > 100, "the price moves"
