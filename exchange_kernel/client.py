@@ -54,15 +54,13 @@ from exchange_kernel.models import (
     OrderSpec,
     OrderType,
     Orphan,
-    Placement,
-    PlacementPhase,
     ReconciliationStatus,
     Value,
     account_sync_id,
     group_workflow_id,
     workflow_id_for,
 )
-from exchange_kernel.reconcile import POLL_FIRST, increases_risk, refresh
+from exchange_kernel.reconcile import adopted, increases_risk, refresh
 from exchange_kernel.repair import last_task_failure
 from exchange_kernel.workflows.account_sync import AccountSyncStatus
 from exchange_kernel.workflows.group import IntentGroupWorkflow
@@ -387,23 +385,7 @@ class IntentClient:
             strategy_id=strategy_id,
             tags={"adopted": order.client_order_id},
         )
-        placement = Placement(
-            number=0,
-            client_order_id=order.client_order_id,
-            revision=0,
-            price=order.price,
-            stop_price=order.stop_price,
-            amount=order.amount,
-            phase=PlacementPhase.OPEN,
-            order=order,
-        )
-        state = IntentState(
-            intent=intent,
-            desired=spec,
-            placements=(placement,),
-            next_placement=1,
-            poll_interval=POLL_FIRST,
-        )
+        state = adopted(intent, order)
         await self._refuse_if_halted(account, spec.symbol, "adoptions")
         try:
             await self.temporal.start_workflow(

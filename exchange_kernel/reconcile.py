@@ -33,6 +33,7 @@ from exchange_kernel.models import (
     MarketRules,
     MemberUpdate,
     Money,
+    OrderIntent,
     OrderSpec,
     OrderType,
     PendingChange,
@@ -711,6 +712,33 @@ def _next_placement(state: IntentState, amount: Decimal) -> Placement:
         stop_price=None if state.holds_stop else state.desired.stop_price,
         amount=amount,
         spec=state.desired,
+    )
+
+
+def adopted(intent: OrderIntent, order: ExchangeOrder) -> IntentState:
+    """The state of an intent that adopts an open exchange order (an orphan): the order is its
+    live placement 0 and its accepted revision, so the intent goes on from there (a refused
+    change goes back to it)."""
+    placement = Placement(
+        number=0,
+        client_order_id=order.client_order_id,
+        revision=0,
+        price=order.price,
+        stop_price=order.stop_price,
+        amount=order.amount,
+        phase=PlacementPhase.OPEN,
+        order=order.model_copy(update={"fills": ()}),
+        fills=order.fills,
+        spec=intent.order,
+    )
+    return IntentState(
+        intent=intent,
+        desired=intent.order,
+        placements=(placement,),
+        next_placement=1,
+        accepted=intent.order,
+        accepted_revision=0,
+        poll_interval=POLL_FIRST,
     )
 
 

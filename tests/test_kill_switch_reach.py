@@ -29,8 +29,6 @@ from exchange_kernel.models import (
     MarketRules,
     OrderIntent,
     OrderSpec,
-    Placement,
-    PlacementPhase,
     group_workflow_id,
     intent_digest,
 )
@@ -151,25 +149,7 @@ async def test_an_adopted_order_under_a_halt_takes_no_risk_increasing_change(
     adopted_id = f"{placed.intent_id}-adopted"
     spec = OrderSpec(symbol="SOL/USDT", side="buy", amount=order.amount, price=order.price)
     intent = OrderIntent(intent_id=adopted_id, account=ACCOUNT, order=spec)
-    placement = Placement(
-        number=0,
-        client_order_id=order.client_order_id,
-        revision=0,
-        price=order.price,
-        amount=order.amount,
-        phase=PlacementPhase.OPEN,
-        order=order,
-        spec=spec,
-    )
-    adopted = IntentState(
-        intent=intent,
-        desired=spec,
-        placements=(placement,),
-        next_placement=1,
-        accepted=spec,
-        accepted_revision=0,
-    )
-    await start_raw(halting.temporal, intent, adopted)
+    await start_raw(halting.temporal, intent, reconcile.adopted(intent, order))
     await halting.wait_for(adopted_id, lambda s: resting(s) and s.halted is not None)
     with pytest.raises(IntentRejected, match="halted"):
         await halting.modify(adopted_id, amount="2")
