@@ -1,7 +1,7 @@
 # The exchange-kernel image: the worker by default; `setup` and `sim` with another command.
-#   docker build -t exchange-kernel:0.1.0 .
+#   docker build -t exchange-kernel:0.2.0 .
 #   docker run --rm -e TEMPORAL_ADDRESS=host:7233 -v ./accounts.toml:/config/accounts.toml:ro \
-#     -e KEY_VAR=... -e SECRET_VAR=... exchange-kernel:0.1.0
+#     -e KEY_VAR=... -e SECRET_VAR=... exchange-kernel:0.2.0
 # Pinned base image (Debian bookworm, CPython 3.11): bump the tag deliberately.
 FROM python:3.11.13-slim-bookworm
 

@@ -67,6 +67,8 @@ from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
 
 ORPHAN_GRACE = timedelta(seconds=10)
+# `stale_intents`: how long one intent's state query may take before it counts as unanswerable.
+STATE_READ_TIMEOUT = 5.0
 # Queries or signals to intents in flight at once (stale_intents, resync_account).
 FAN_OUT = 32
 
@@ -600,9 +602,14 @@ class IntentClient:
                     return None
             async with gate:
                 try:
-                    state = await self.state(intent_id)
+                    state = await asyncio.wait_for(self.state(intent_id), STATE_READ_TIMEOUT)
                 except IntentNotFound:
                     return None  # finished since visibility listed it
+                except (TimeoutError, RPCError, IntentUnavailable):
+                    # It cannot answer (no worker polls its queue, its task is failing): stale
+                    # as far as anyone can tell, observed when visibility last said.
+                    listing = await _listing(execution)
+                    return StaleIntent(**listing.model_dump(), observed_at=own, watched=False)
             if state.status.is_terminal:
                 return None
             seen = observed_at(state, last_round)

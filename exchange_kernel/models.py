@@ -480,6 +480,7 @@ class PlacementPhase(StrEnum):
     OPEN = "open"  # observed open on the exchange
     CANCELING = "canceling"  # cancel sent; not yet observed ended
     NOT_FOUND = "not_found"  # a lookup found no such order: it never reached the exchange
+    NOT_SENT = "not_sent"  # the request was never sent (an edit given up before it): nothing exists
     REFUSED = "refused"  # the exchange refused the request: nothing was created
     FILLED = "filled"  # observed fully filled
     CANCELED = "canceled"  # observed cancelled, at the kernel's request
@@ -505,7 +506,12 @@ class PlacementPhase(StrEnum):
 
 LIVE_PHASES = frozenset({PlacementPhase.PLACING, PlacementPhase.OPEN, PlacementPhase.CANCELING})
 UNOBSERVED_PHASES = frozenset(
-    {PlacementPhase.PLACING, PlacementPhase.NOT_FOUND, PlacementPhase.REFUSED}
+    {
+        PlacementPhase.PLACING,
+        PlacementPhase.NOT_FOUND,
+        PlacementPhase.NOT_SENT,
+        PlacementPhase.REFUSED,
+    }
 )
 
 

@@ -286,6 +286,7 @@ class Event(StrEnum):
     SEEN_EXPIRED = "seen_expired"
     SEEN_REJECTED = "seen_rejected"
     NOT_FOUND = "not_found"  # a lookup (or a cancel) found no such order
+    NOT_SENT = "not_sent"  # the request was given up before it was sent
     REFUSED = "refused"  # the exchange refused to create it
     CANCEL_SENT = "cancel_sent"  # the kernel cancels it (or replaces it by an amend)
     AMEND_NOT_SENT = "amend_not_sent"  # the amend that was to replace it was never sent
@@ -314,6 +315,7 @@ TRANSITIONS: dict[PlacementPhase, dict[Event, PlacementPhase]] = {
         Event.SEEN_OPEN: P.OPEN,
         Event.SEEN_CANCELED: P.CANCELED_ELSEWHERE,
         Event.NOT_FOUND: P.NOT_FOUND,
+        Event.NOT_SENT: P.NOT_SENT,
         Event.REFUSED: P.REFUSED,
     },
     P.OPEN: {
@@ -340,6 +342,7 @@ TRANSITIONS: dict[PlacementPhase, dict[Event, PlacementPhase]] = {
         Event.SEEN_CANCELED: P.CANCELED,
         Event.NOT_FOUND: P.NOT_FOUND,
     },
+    P.NOT_SENT: {},
     P.REFUSED: {},
     P.FILLED: {Event.SEEN_FILLED: P.FILLED},
     P.CANCELED: {Event.SEEN_CANCELED: P.CANCELED, Event.NOT_FOUND: P.CANCELED},
@@ -588,7 +591,11 @@ def _plan_idle(state: IntentState, now: datetime) -> Action:
             placement=_next_placement(state, remaining),
             reason=f"place the last accepted revision again (remaining {remaining})",
         )
-    withdrawn = phase in (PlacementPhase.CANCELED, PlacementPhase.NOT_FOUND)
+    withdrawn = phase in (
+        PlacementPhase.CANCELED,
+        PlacementPhase.NOT_FOUND,
+        PlacementPhase.NOT_SENT,
+    )
     if withdrawn and not _rests(state):
         # Cancelled by us, or never reached the exchange: a market/IOC/FOK order that never
         # ran has not expired; place it again.
@@ -894,6 +901,7 @@ def _record_amend(
         if outcome.replaced.filled == before:
             state = _refuse(state, new, "the exchange did not make the edit", now)
             return _refused_revision(state, new, "the exchange did not make the edit", now)
+        return refresh(_move(state, new, Event.NOT_SENT, now, observed=True), now)
     return observe_absent(state, new, now)
 
 

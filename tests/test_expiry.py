@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from exchange_kernel.accounts import ExchangePool
 from exchange_kernel.activities.exchange import ExchangeActivities
+from exchange_kernel.activities.kernel import KernelActivities
 from exchange_kernel.client import IntentClient
 from exchange_kernel.connection import account_task_queue
 from exchange_kernel.devserver import start_time_skipping_environment
@@ -73,7 +74,7 @@ async def expiry_worker(
         skipping_env.client,
         task_queue=QUEUE,
         workflows=[OrderIntentWorkflow, QuietAccountSync],
-        activities=activities,
+        activities=[*activities, *KernelActivities(skipping_env.client).all()],
     )
     # Exchange calls go to each account's own task queue (docs/operations.md, scale-out).
     account_workers = [

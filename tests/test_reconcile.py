@@ -532,7 +532,7 @@ def test_an_amend_not_sent_because_the_old_order_filled_is_planned_again_from_it
     assert isinstance(action, Amend) and action.placement.amount == D(2)
     state = begin(state, action, NOW)
     state = record(state, action, Amended(replaced=seen(state, 0, filled="0.8"), order=None), NOW)
-    assert phases(state) == [PlacementPhase.OPEN, PlacementPhase.NOT_FOUND]
+    assert phases(state) == [PlacementPhase.OPEN, PlacementPhase.NOT_SENT]
     again = plan(state, NOW)
     assert isinstance(again, Amend)
     assert again.replaces == 0 and again.placement.number == 2
