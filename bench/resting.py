@@ -74,7 +74,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from exchange_kernel.accounts import AccountConfig, ExchangePool
 from exchange_kernel.client import IntentClient
 from exchange_kernel.devserver import DevServer, free_port
-from exchange_kernel.models import IntentStart, OrderIntent, OrderSpec, account_sync_id
+from exchange_kernel.models import OrderIntent, OrderSpec, account_sync_id
+from exchange_kernel.reconcile import POLL_CEILING, POLL_FIRST
 from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET
 from exchange_kernel.worker import build_worker
 from exchange_kernel.worker.run import ensure_account_syncs
@@ -356,10 +357,9 @@ async def sync_status(client: Client) -> AccountSyncStatus:
 
 
 def poll_settle_seconds() -> float:
-    """How long a fresh intent's backoff takes to reach its ceiling (1+2+4+8+16 s by default)."""
-    defaults = IntentStart.model_fields
-    first: timedelta = defaults["poll_first"].default
-    ceiling: timedelta = defaults["poll_ceiling"].default
+    """How long a fresh intent's backoff takes to reach its ceiling (1+2+4+8 s, then the 15 s ceiling, by default)."""
+    first: timedelta = POLL_FIRST
+    ceiling: timedelta = POLL_CEILING
     total, poll = 0.0, first
     while poll < ceiling:
         total += poll.total_seconds()
@@ -396,7 +396,7 @@ async def polling_window(
     and after at most MAX_POLL_WINDOWS windows it counts anyway (and says so).
     """
     if mode == "polling":
-        ceiling = IntentStart.model_fields["poll_ceiling"].default.total_seconds()
+        ceiling = POLL_CEILING.total_seconds()
         steady = n * window / ceiling
     previous: int | None = None
     for attempt in range(1, MAX_POLL_WINDOWS + 1):
@@ -811,9 +811,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(130)
         args.out.write_text(json.dumps([asdict(r) for r in rows]))
         return
-    if "polling" in modes and args.window % (
-        ceiling := IntentStart.model_fields["poll_ceiling"].default.total_seconds()
-    ):
+    if "polling" in modes and args.window % (ceiling := POLL_CEILING.total_seconds()):
         console.print(
             f"[yellow]the window is not a multiple of the {ceiling:.0f}s poll ceiling: "
             "intents placed together poll together, so polling figures alias[/yellow]"
