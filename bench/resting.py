@@ -357,7 +357,7 @@ async def sync_status(client: Client) -> AccountSyncStatus:
 
 
 def poll_settle_seconds() -> float:
-    """How long a fresh intent's backoff takes to reach its ceiling (1+2+4+8 s, then the 15 s ceiling, by default)."""
+    """How long a fresh intent's backoff takes to reach its ceiling (1+2+4+8 s by default)."""
     first: timedelta = POLL_FIRST
     ceiling: timedelta = POLL_CEILING
     total, poll = 0.0, first
