@@ -269,6 +269,7 @@ class OrderIntentWorkflow:
                 return self.state
             if isinstance(action, reconcile.Wait | reconcile.WatchPrice) and self._run_full(start):
                 await self._continue_as_new(start)
+                continue  # still here: something changed meanwhile, plan again
             if isinstance(action, reconcile.Wait):
                 await self._wait(action)
                 continue
@@ -277,12 +278,15 @@ class OrderIntentWorkflow:
             outcome = await self._execute(action)
             self.state = reconcile.record(self.state, action, outcome, asked_at)
 
-    def _run_full(self, start: IntentStart) -> bool:
-        """Continue as new at a quiet moment past the run's event bound: nothing pending, and
-        settled, so that every update waiting for its change to settle has its answer (the
-        continue-as-new waits for all handlers to finish)."""
+    def _quiet(self) -> bool:
+        """Nothing pending and settled: every update waiting for its change has its answer."""
         settled = (ReconciliationStatus.IN_SYNC, ReconciliationStatus.STALE)
-        if self.state.pending_changes or self.state.reconciliation_status not in settled:
+        return not self.state.pending_changes and self.state.reconciliation_status in settled
+
+    def _run_full(self, start: IntentStart) -> bool:
+        """Continue as new at a quiet moment past the run's event bound (the continue-as-new
+        waits for all handlers to finish)."""
+        if not self._quiet():
             return False
         info = workflow.info()
         return (
@@ -291,9 +295,12 @@ class OrderIntentWorkflow:
         )
 
     async def _continue_as_new(self, start: IntentStart) -> None:
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        self._take_inbox()
-        workflow.continue_as_new(start.model_copy(update={"state": self.state}))
+        # An update that lands now waits for its change to settle, which needs the loop: then
+        # the loop goes on and continues as new at a later quiet moment.
+        await workflow.wait_condition(lambda: workflow.all_handlers_finished() or not self._quiet())
+        if workflow.all_handlers_finished() and self._quiet():
+            self._take_inbox()
+            workflow.continue_as_new(start.model_copy(update={"state": self.state}))
 
     async def _wait(self, action: reconcile.Wait) -> None:
         try:
