@@ -204,8 +204,6 @@ Action = (
     | Wait
     | Finish
 )
-# Actions that only the state records: no exchange call, no message to another workflow.
-BOOKKEEPING = (Expire, Judge, Revert, Finish)
 
 
 # --- outcomes: what executing an action gave ------------------------------------------------------
