@@ -31,7 +31,9 @@ from exchange_kernel.sim import errors
 from exchange_kernel.sim.candles import Candle, build_candles
 from exchange_kernel.sim.errors import BinanceError
 from exchange_kernel.sim.model import (
+    MARKET_TYPES,
     OPEN_STATUSES,
+    STOP_LOSS_TYPES,
     STOP_TYPES,
     ZERO,
     Account,
@@ -60,6 +62,7 @@ from exchange_kernel.sim.symbols import DEFAULT_BALANCES, DEFAULT_SYMBOLS, Symbo
 
 # The vocabulary lives in model.py; re-exported so `engine` stays a one-stop import.
 __all__ = [
+    "MARKET_TYPES",
     "OPEN_STATUSES",
     "STOP_TYPES",
     "Account",
@@ -483,9 +486,13 @@ class Exchange:
             if budget is not None:
                 budget -= qty
         # A triggered stop arrives after the move, so it takes at the new price like any
-        # crossing limit order would.
+        # crossing limit order would; a stop-market (STOP_LOSS, TAKE_PROFIT) is a MARKET order
+        # now: it takes whatever the move leaves and expires the rest.
         for order in triggered:
-            if _crosses(order.side, order.price, price):
+            if order.type in MARKET_TYPES and not self._reserve_at(order, price):
+                self._finish(order, OrderStatus.EXPIRED)
+                continue
+            if order.type in MARKET_TYPES or _crosses(order.side, order.price, price):
                 fills = self._take(order, market, budget)
                 trades.extend(fills)
                 if budget is not None:
@@ -633,6 +640,20 @@ class Exchange:
         kind = request.type
         if request.quote_order_qty is not None and kind is not OrderType.MARKET:
             raise errors.not_required("quoteOrderQty")
+        if kind in MARKET_TYPES and kind is not OrderType.MARKET:
+            # STOP_LOSS / TAKE_PROFIT: quantity and stopPrice; released as a MARKET order.
+            if request.time_in_force is not None:
+                raise errors.not_required("timeInForce")
+            if request.price is not None:
+                raise errors.not_required("price")
+            if request.quantity is None:
+                raise errors.mandatory("quantity")
+            if request.stop_price is None:
+                raise errors.mandatory("stopPrice")
+            spec.check_price(request.stop_price)
+            spec.check_quantity(request.quantity, market=True)
+            spec.check_notional(request.quantity * request.stop_price, market=True)
+            return market, request.quantity
         if kind is OrderType.MARKET:
             if request.time_in_force is not None:
                 raise errors.not_required("timeInForce")
@@ -702,7 +723,15 @@ class Exchange:
 
         if request.side is Side.BUY:
             reserved_asset = spec.quote
-            reserved = qty * (market.last if kind is OrderType.MARKET else price)
+            if kind is OrderType.MARKET:
+                unit = market.last
+            elif kind in MARKET_TYPES:
+                # A stop-market buy holds funds at its stop price until it triggers
+                # (`_reserve_at` then sets them to the price it takes at).
+                unit = stop_price
+            else:
+                unit = price
+            reserved = qty * unit
         else:
             reserved_asset = spec.base
             reserved = qty
@@ -757,11 +786,28 @@ class Exchange:
             return []
         return [self._fill(order, market, available, market.last, is_maker=False)]
 
+    def _reserve_at(self, order: Order, price: Decimal) -> bool:
+        """A triggered stop-market buy: hold its funds at the price it is about to take at,
+        as a MARKET buy does; False (nothing changed) when the account cannot cover that."""
+        if order.side is not Side.BUY:
+            return True
+        balance = self.accounts[order.account].balance(order.reserved_asset)
+        delta = order.remaining * price - order.reserved
+        if delta > balance.free:
+            return False
+        balance.free -= delta
+        balance.locked += delta
+        order.reserved += delta
+        if delta:
+            self._touch(order.account, order.reserved_asset)
+        return True
+
     def _expire_unfilled_remainder(self, order: Order) -> None:
-        # MARKET, IOC and FOK never rest: whatever did not fill on arrival expires.
+        # MARKET (a triggered stop-market too), IOC and FOK never rest: whatever did not fill
+        # on arrival expires.
         if not order.is_working:
             return
-        if order.type is OrderType.MARKET or order.time_in_force in (
+        if order.type in MARKET_TYPES or order.time_in_force in (
             TimeInForce.IOC,
             TimeInForce.FOK,
         ):
@@ -777,7 +823,7 @@ class Exchange:
         quote_qty = price * qty
         if order.side is Side.BUY:
             # Funds were reserved at the limit price; a better fill hands the difference back.
-            unit_reserved = order.price if order.type is not OrderType.MARKET else price
+            unit_reserved = order.price if order.type not in MARKET_TYPES else price
             release = qty * unit_reserved
             quote.locked -= release
             order.reserved -= release
@@ -949,7 +995,7 @@ def _crosses(side: Side, limit: Decimal, last: Decimal) -> bool:
 
 def _triggers(kind: OrderType, side: Side, stop_price: Decimal, last: Decimal) -> bool:
     # Stop-loss buys and take-profit sells fire on a rise; the other two on a fall.
-    rising = (kind is OrderType.STOP_LOSS_LIMIT) == (side is Side.BUY)
+    rising = (kind in STOP_LOSS_TYPES) == (side is Side.BUY)
     return last >= stop_price if rising else last <= stop_price
 
 

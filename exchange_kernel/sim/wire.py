@@ -13,13 +13,14 @@ from typing import Any
 from exchange_kernel.sim.candles import Candle
 from exchange_kernel.sim.engine import Exchange
 from exchange_kernel.sim.model import (
+    MARKET_TYPES,
+    STOP_TYPES,
     Account,
     BalanceAdjustment,
     BalancePosition,
     Execution,
     ExecutionType,
     Order,
-    OrderType,
     Side,
     TimeInForce,
     Trade,
@@ -72,7 +73,7 @@ def new_order_response(order: Order, fills: list[Trade], resp_type: str) -> dict
         return body
     body.update(_order_state(order))
     body["workingTime"] = order.working_time
-    if order.type in (OrderType.STOP_LOSS_LIMIT, OrderType.TAKE_PROFIT_LIMIT):
+    if order.type in STOP_TYPES:
         body["stopPrice"] = fmt(order.stop_price)
     body["selfTradePreventionMode"] = "NONE"
     if resp_type == "FULL":
@@ -116,7 +117,7 @@ def cancel_response(
         "transactTime": transact_time,
     }
     body.update(_order_state(order))
-    if order.type in (OrderType.STOP_LOSS_LIMIT, OrderType.TAKE_PROFIT_LIMIT):
+    if order.type in STOP_TYPES:
         body["stopPrice"] = fmt(order.stop_price)
     body["selfTradePreventionMode"] = "NONE"
     return body
@@ -362,11 +363,12 @@ def ticker_24hr(exchange: Exchange, symbol: str) -> dict[str, Any]:
 
 
 def _on_book(order: Order) -> bool:
-    """`w`: the order rests (or is about to rest) on the book. MARKET, IOC and FOK orders
-    never rest; a stop rests once triggered; a finished order no longer does."""
+    """`w`: the order rests (or is about to rest) on the book. MARKET (a triggered STOP_LOSS
+    or TAKE_PROFIT too), IOC and FOK orders never rest; a stop-limit rests once triggered; a
+    finished order no longer does."""
     return (
         order.is_working
-        and order.type is not OrderType.MARKET
+        and order.type not in MARKET_TYPES
         and order.time_in_force not in (TimeInForce.IOC, TimeInForce.FOK)
     )
 

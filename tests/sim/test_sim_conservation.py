@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from exchange_kernel.sim import Exchange
 from exchange_kernel.sim.engine import (
+    STOP_TYPES,
     NewOrder,
     OrderStatus,
     OrderType,
@@ -72,6 +73,8 @@ places = st.builds(
             OrderType.LIMIT_MAKER,
             OrderType.STOP_LOSS_LIMIT,
             OrderType.TAKE_PROFIT_LIMIT,
+            OrderType.STOP_LOSS,
+            OrderType.TAKE_PROFIT,
             OrderType.MARKET,
         ]
     ),
@@ -126,16 +129,19 @@ def _apply(exchange: Exchange, op: object) -> None:
                 else None,
             )
         else:
-            stop = op.type in (OrderType.STOP_LOSS_LIMIT, OrderType.TAKE_PROFIT_LIMIT)
+            stop = op.type in STOP_TYPES
+            stop_market = op.type in (OrderType.STOP_LOSS, OrderType.TAKE_PROFIT)
             below = (op.side is Side.BUY) == op.passive
             request = NewOrder(
                 op.symbol,
                 op.side,
                 op.type,
                 quantity=qty,
-                price=_priced(exchange, op.symbol, -op.distance if below else op.distance),
+                price=None
+                if stop_market
+                else _priced(exchange, op.symbol, -op.distance if below else op.distance),
                 stop_price=_priced(exchange, op.symbol, op.stop_offset) if stop else None,
-                time_in_force=None if op.type is OrderType.LIMIT_MAKER else op.tif,
+                time_in_force=None if op.type is OrderType.LIMIT_MAKER or stop_market else op.tif,
             )
         exchange.place_order(op.account, request)
     elif isinstance(op, Cancel):
