@@ -86,7 +86,7 @@ async def test_a_stop_market_order_is_adopted_as_a_stop_market_intent(
 ) -> None:
     """A stop-market order has a stop price and no price: its intent is a stop_market (not a
     stop_limit without a limit, which no OrderSpec allows). The order is given as ccxt reports
-    a Binance spot STOP_LOSS order; the paper exchange has none (see the test below)."""
+    a Binance spot STOP_LOSS order (the test below places one on the paper exchange)."""
     order = ExchangeOrder(
         exchange_order_id="990001",
         client_order_id="by-hand-stop-market",
