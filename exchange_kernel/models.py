@@ -908,6 +908,9 @@ class SyncRequest(Value):
     # an opaque form, the live client order id): their orders may have changed between their
     # own last look and this round, outside any snapshot.
     new_digests: tuple[str, ...] = ()
+    # Of those, the symbol each watches: a key whose symbol could not be read this round is
+    # not reported `not_open` (absent from it: reported as before).
+    new_symbols: dict[str, str] = Field(default_factory=dict)
 
 
 class ScanRequest(Value):
@@ -936,6 +939,11 @@ class SyncResult(Value):
     # (`connection.worker_sync_queue`): the workflow schedules the next round there. None: a
     # worker that has none (e.g. older): the next round goes to the account's queue.
     worker_queue: str | None = None
+    # Symbols of which some part could not be read this round (its open orders, its new
+    # trades, a lookup): what was read of the others counts, these are retried soon. Their
+    # marks and cursors stay where they were, so nothing they hold is lost.
+    failed_symbols: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()  # what failed, one line each (for the workflow's status)
 
 
 # --- contingent orders ---------------------------------------------------------------------

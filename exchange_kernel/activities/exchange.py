@@ -360,74 +360,10 @@ class ExchangeActivities:
             previous = self._snapshots.get(request.account)
             cold = previous is None or previous[0] != request.round - 1
             known = {} if cold or previous is None else previous[1]
-            cursor = dict(request.trade_cursor)
-            now_open: dict[str, OpenOrder] = {}
-            changed: dict[str, ExchangeOrder] = {}
-            filled_order_ids: dict[str, str] = {}
-            for symbol in request.symbols:
-                for listed in await open_orders(client, symbol):
-                    if ours(listed.client_order_id):
-                        now_open[listed.client_order_id] = listed
-                since = cursor.get(symbol)
-                if since is None:
-                    # First round for this symbol: start after the newest trade; earlier
-                    # fills were seen by the intents' own lookups, or are found by the resync
-                    # that newly watched intents without an open order get (`not_open`).
-                    newest = await client.fetch_my_trades(symbol, None, 1)
-                    cursor[symbol] = str(newest[-1]["id"]) if newest else "0"
-                    continue
-                trades = await client.fetch_my_trades(
-                    symbol, None, None, {"fromId": int(since) + 1}
-                )
-                for trade in trades:
-                    filled_order_ids[str(trade["order"])] = symbol
-                if trades:
-                    cursor[symbol] = str(trades[-1]["id"])
-
-            # Only what changed is converted in full: at thousands of resting orders, parsing
-            # every one each round would cost the worker a core.
-            for client_order_id, listed in now_open.items():
-                mark = known.get(client_order_id)
-                if mark is None:
-                    if listed.filled > 0 or listed.exchange_order_id in filled_order_ids:
-                        changed[client_order_id] = listed.convert()
-                elif (mark.filled, mark.status) != (listed.filled, listed.status):
-                    changed[client_order_id] = listed.convert()
-            # Gone from the open list: one targeted lookup before anyone is told.
-            for client_order_id, mark in known.items():
-                if client_order_id not in now_open:
-                    found = await find_order(client, mark.symbol, client_order_id)
-                    if found is not None:
-                        changed[client_order_id] = found
-            # Filled since the cursor but never seen open (placed and filled between rounds).
-            seen = {o.exchange_order_id for o in (*changed.values(), *now_open.values())}
-            for exchange_order_id, symbol in filled_order_ids.items():
-                if exchange_order_id in seen:
-                    continue
-                raw = await client.fetch_order(exchange_order_id, symbol)
-                order = to_exchange_order(raw)
-                if ours(order.client_order_id):
-                    changed[order.client_order_id] = order
-            for client_order_id, order in list(changed.items()):
-                if order.filled > 0 and not order.fills:
-                    fills = await order_fills(client, order)
-                    changed[client_order_id] = order.model_copy(update={"fills": fills})
-
-            self._snapshots[request.account] = (
-                request.round,
-                {
-                    cid: OpenOrderMark(symbol=o.symbol, filled=o.filled, status=o.status)
-                    for cid, o in now_open.items()
-                },
-            )
-            open_keys = {client_ids.key_of(cid) for cid in now_open}
-            return SyncResult(
-                changed=tuple(changed.values()),
-                not_open=tuple(k for k in request.new_digests if k not in open_keys),
-                trade_cursor=cursor,
-                open_client_order_ids=tuple(now_open) if cold else None,
-                worker_queue=self._sync_queues.get(request.account),
-            )
+            sync = SyncRound(client, request, known, ours)
+            await sync.run()
+            self._snapshots[request.account] = (request.round, sync.snapshot())
+            return sync.result(cold, self._sync_queues.get(request.account))
 
         return await self._call(request.account, call)
 
@@ -457,6 +393,195 @@ class ExchangeActivities:
             self.cancel_order,
             self.fetch_order,
         ]
+
+
+# A part of a sync round (one request) is tried this often before the round gives it up and
+# reports its symbol failed; transient errors only, the pause between tries doubles from this.
+PART_ATTEMPTS = 2
+PART_PAUSE = 0.2
+
+
+class PartFailed(Exception):
+    """One part of a sync round could not be read (after its tries)."""
+
+
+class SyncRound:
+    """One round of bulk observation: per symbol, the open orders and the trades since the
+    cursor, then a lookup for each order gone from the open list and each order filled
+    without being seen open.
+
+    A failed request costs only its own part: the round goes on with the other symbols, the
+    failed symbol keeps its marks (orders it knew stay known, so a later round still notices
+    them gone) and its cursor (its trades are read again), and `failed_symbols` tells the
+    workflow to run the next round soon. Errors that no retry heals (a bad key) fail the
+    round as a whole, as before.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        request: SyncRequest,
+        known: dict[str, OpenOrderMark],
+        ours: Callable[[str], bool],
+    ) -> None:
+        self.client = client
+        self.request = request
+        self.known = known
+        self.ours = ours
+        self.cursor = dict(request.trade_cursor)
+        self.now_open: dict[str, OpenOrder] = {}
+        self.changed: dict[str, ExchangeOrder] = {}
+        self.failed: set[str] = set()
+        self.failures: list[str] = []
+        # Orders whose mark stays as it was (a lookup or its trades failed): looked at again.
+        self.kept_marks: dict[str, OpenOrderMark] = {}
+        self.unlisted: set[str] = set()  # symbols whose open orders could not be read
+
+    async def part(self, symbol: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        pause = PART_PAUSE
+        for attempt in range(1, PART_ATTEMPTS + 1):
+            try:
+                return await call()
+            except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
+                # DDoSProtection (429) is a NetworkError too: not tried again in this round,
+                # the account's budget is spent; the next round comes soon enough.
+                if attempt == PART_ATTEMPTS or isinstance(exc, ccxt.DDoSProtection):
+                    self.failed.add(symbol)
+                    self.failures.append(f"{symbol} {what}: {type(exc).__name__}: {exc}"[:200])
+                    raise PartFailed(what) from exc
+                await asyncio.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable")
+
+    async def run(self) -> None:
+        filled_order_ids: dict[str, str] = {}
+        cursor_before = dict(self.cursor)
+        for symbol in self.request.symbols:
+            try:
+                listed = await self.part(
+                    symbol, "open orders", functools.partial(open_orders, self.client, symbol)
+                )
+            except PartFailed:
+                self.unlisted.add(symbol)
+            else:
+                for order in listed:
+                    if self.ours(order.client_order_id):
+                        self.now_open[order.client_order_id] = order
+            try:
+                trades = await self.part(symbol, "trades", functools.partial(self._trades, symbol))
+            except PartFailed:
+                continue
+            for trade in trades:
+                filled_order_ids[str(trade["order"])] = symbol
+            if trades:
+                self.cursor[symbol] = str(trades[-1]["id"])
+
+        # Only what changed is converted in full: at thousands of resting orders, parsing
+        # every one each round would cost the worker a core.
+        for client_order_id, listed in self.now_open.items():
+            mark = self.known.get(client_order_id)
+            if mark is None:
+                if listed.filled > 0 or listed.exchange_order_id in filled_order_ids:
+                    self.changed[client_order_id] = listed.convert()
+            elif (mark.filled, mark.status) != (listed.filled, listed.status):
+                self.changed[client_order_id] = listed.convert()
+        # Gone from the open list: one targeted lookup before anyone is told.
+        for client_order_id, mark in self.known.items():
+            if client_order_id in self.now_open:
+                continue
+            if mark.symbol in self.unlisted:
+                self.kept_marks[client_order_id] = mark  # not read: still as it was
+                continue
+            try:
+                found = await self.part(
+                    mark.symbol,
+                    "lookup",
+                    functools.partial(find_order, self.client, mark.symbol, client_order_id),
+                )
+            except PartFailed:
+                self.kept_marks[client_order_id] = mark
+                continue
+            if found is not None:
+                self.changed[client_order_id] = found
+        # Filled since the cursor but never seen open (placed and filled between rounds).
+        seen = {o.exchange_order_id for o in (*self.changed.values(), *self.now_open.values())}
+        for exchange_order_id, symbol in filled_order_ids.items():
+            if exchange_order_id in seen:
+                continue
+            try:
+                raw = await self.part(
+                    symbol,
+                    "order",
+                    functools.partial(self.client.fetch_order, exchange_order_id, symbol),
+                )
+            except PartFailed:
+                # Its trades are read again next round: the cursor goes back for the symbol.
+                self.cursor[symbol] = cursor_before.get(symbol, self.cursor[symbol])
+                continue
+            order = to_exchange_order(raw)
+            if self.ours(order.client_order_id):
+                self.changed[order.client_order_id] = order
+                if order.client_order_id in self.kept_marks:
+                    # Its symbol's list was not read, but this is the order as it is now.
+                    self._mark_seen(order)
+        for client_order_id, order in list(self.changed.items()):
+            if order.filled > 0 and not order.fills:
+                try:
+                    fills = await self.part(
+                        order.symbol, "trades", functools.partial(order_fills, self.client, order)
+                    )
+                except PartFailed:
+                    # Told next round instead, with its trades: its mark stays as it was.
+                    del self.changed[client_order_id]
+                    self.now_open.pop(client_order_id, None)
+                    if client_order_id in self.known:
+                        self.kept_marks[client_order_id] = self.known[client_order_id]
+                    continue
+                self.changed[client_order_id] = order.model_copy(update={"fills": fills})
+
+    def _mark_seen(self, order: ExchangeOrder) -> None:
+        if order.status.is_live:
+            self.kept_marks[order.client_order_id] = OpenOrderMark(
+                symbol=order.symbol, filled=order.filled, status=order.status
+            )
+        else:
+            del self.kept_marks[order.client_order_id]
+
+    async def _trades(self, symbol: str) -> list[dict[str, Any]]:
+        since = self.cursor.get(symbol)
+        if since is None:
+            # First round for this symbol: start after the newest trade; earlier fills were
+            # seen by the intents' own lookups, or are found by the resync that newly watched
+            # intents without an open order get (`not_open`).
+            newest = await self.client.fetch_my_trades(symbol, None, 1)
+            self.cursor[symbol] = str(newest[-1]["id"]) if newest else "0"
+            return []
+        return await self.client.fetch_my_trades(symbol, None, None, {"fromId": int(since) + 1})
+
+    def snapshot(self) -> dict[str, OpenOrderMark]:
+        marks = {
+            cid: OpenOrderMark(symbol=o.symbol, filled=o.filled, status=o.status)
+            for cid, o in self.now_open.items()
+        }
+        marks.update(self.kept_marks)
+        return marks
+
+    def result(self, cold: bool, worker_queue: str | None) -> SyncResult:
+        open_keys = {client_ids.key_of(cid) for cid in self.now_open}
+        unread = self.unlisted
+        return SyncResult(
+            changed=tuple(self.changed.values()),
+            not_open=tuple(
+                k
+                for k in self.request.new_digests
+                if k not in open_keys and self.request.new_symbols.get(k) not in unread
+            ),
+            trade_cursor=self.cursor,
+            open_client_order_ids=tuple(self.now_open) if cold else None,
+            worker_queue=worker_queue,
+            failed_symbols=tuple(sorted(self.failed)),
+            failures=tuple(self.failures),
+        )
 
 
 class OpenOrderMark(Value):

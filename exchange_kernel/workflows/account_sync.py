@@ -14,7 +14,9 @@ claims it (its ids are computed from the intent id, the exchange and the placeme
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, TimeoutType
@@ -61,7 +63,10 @@ class AccountSyncStart(Value):
     task_queue: str | None = None
     # The last completed round, and since when the watched intents were told the view lapsed.
     last_round_at: datetime | None = None
-    lapsed_since: datetime | None = None
+    # Per symbol: when a round last read it whole, and since when its intents were told
+    # their view lapsed (a symbol whose reads keep failing lapses alone).
+    symbol_read_at: dict[str, datetime] = {}
+    lapsed: dict[str, datetime] = {}
     # The task queue of the worker process that served the last round (its snapshot is the
     # one the next round diffs against); None: the account's queue, any worker.
     home_queue: str | None = None
@@ -87,6 +92,9 @@ MAX_HISTORY_EVENTS = 2000
 # One round's budget, retries included: below the intents' staleness bound, so a failing
 # exchange is noticed (and the watched intents told their view lapsed) within about it.
 ROUND_BUDGET = timedelta(seconds=20)
+# After a round with a failed part, the next round comes this soon (the account queue's rate
+# limit still holds it back when the account's budget is spent).
+RETRY_PART_AFTER = timedelta(milliseconds=500)
 # How long a round waits for the worker that served the previous one: a live worker polls its
 # own queue all the time, so a round not started by then means the worker is gone (killed,
 # restarted, shut down), and the round goes to any worker of the account instead.
@@ -103,10 +111,12 @@ class AccountSyncWorkflow:
         self.round = start.round
         self.sync_requested = False
         self.last_round_at: datetime | None = start.last_round_at
-        # The watched intents were told that no round completed since this time.
-        self.lapsed_since: datetime | None = start.lapsed_since
+        # Per symbol: the last round that read it whole; the intents told their view lapsed.
+        self.symbol_read_at: dict[str, datetime] = dict(start.symbol_read_at)
+        self.lapsed: dict[str, datetime] = dict(start.lapsed)
         self.home_queue: str | None = start.home_queue
         self.last_error: str | None = None
+        self.failing_rounds = 0  # consecutive rounds with a failed part
         self.signals_sent = 0
         self.halt_reasons: dict[str, str] = dict(start.halts)
         self.cancel_all: tuple[str, ...] = tuple(start.cancel_all)
@@ -122,10 +132,13 @@ class AccountSyncWorkflow:
     @workflow.signal
     async def watch(self, request: WatchRequest) -> None:
         self.watched[request.intent_id] = request.symbol
+        # A symbol not read yet counts its age from when it was first watched.
+        self.symbol_read_at.setdefault(request.symbol, workflow.now())
         self.owners.add(request.intent_id, request.exchange, request.placement)
         self.fresh.add(request.intent_id)
-        if self.lapsed_since is not None:
-            await self._signal(request.intent_id, "sync_lapsed", self.lapsed_since)
+        lapsed_since = self.lapsed.get(request.symbol)
+        if lapsed_since is not None:
+            await self._signal(request.intent_id, "sync_lapsed", lapsed_since)
         reason = self._halt_reason(request.symbol)
         if reason is not None:
             await self._signal(request.intent_id, "halted", reason)
@@ -281,20 +294,29 @@ class AccountSyncWorkflow:
                             "placements": {i: self.owners.placement(i) for i in self.watched},
                             "task_queue": kernel_queue,
                             "last_round_at": self.last_round_at,
-                            "lapsed_since": self.lapsed_since,
+                            "symbol_read_at": self._read_at_of_watched(),
+                            "lapsed": self.lapsed,
                             "home_queue": self.home_queue,
                         }
                     ),
                     # A run on the kernel's queue moves to the syncs' own.
                     task_queue=sync_task_queue(kernel_queue),
                 )
+            interval = start.interval
             if self.watched:
-                await self._round()
+                if await self._round():
+                    # Some part failed: read again soon, sooner than the interval, later each
+                    # time it fails again (the account queue's rate limit holds as well).
+                    self.failing_rounds += 1
+                    backoff = RETRY_PART_AFTER * 2 ** min(self.failing_rounds - 1, 6)
+                    interval = min(interval, backoff)
+                else:
+                    self.failing_rounds = 0
             self.sync_requested = False
             try:
                 await workflow.wait_condition(
                     lambda: self.sync_requested,
-                    timeout=start.interval,
+                    timeout=interval,
                     timeout_summary="next sync round",
                 )
             except TimeoutError:
@@ -322,35 +344,46 @@ class AccountSyncWorkflow:
         exchanges = {i: self.owners.exchange(i) for i in self.watched}
         return {i: e for i, e in exchanges.items() if e is not None}
 
-    async def _round(self) -> None:
+    async def _round(self) -> bool:
+        """One round; True when some part of it failed (to be read again soon)."""
         self.round += 1
+        fresh = sorted(i for i in self.fresh if i in self.watched)
         request = SyncRequest(
             account=self.start.account,
             symbols=self._symbols(),
             round=self.round,
             trade_cursor=self.trade_cursor,
-            new_digests=tuple(sorted(self.owners.key(i) for i in self.fresh if i in self.watched)),
+            new_digests=tuple(sorted(self.owners.key(i) for i in fresh)),
+            new_symbols={self.owners.key(i): self.watched[i] for i in fresh},
         )
         self.fresh = set()
         try:
             result = await self._observe(request)
         except ActivityError as error:
             self.last_error = str(error.cause or error)
-            for key in request.new_digests:
-                intent_id = self.owners.owner_of_key(key)
-                if intent_id is not None:
-                    self.fresh.add(intent_id)
+            self.fresh.update(fresh)
             await self._check_lapse()
-            return
-        self.last_error = None
-        self.last_round_at = workflow.now()
+            return False
+        failed = set(result.failed_symbols)
+        self.last_error = "; ".join(result.failures) or None
+        now = workflow.now()
+        self.last_round_at = now
+        for symbol in request.symbols:
+            if symbol not in failed:
+                self.symbol_read_at[symbol] = now
+        # A failed symbol's new intents are checked again next round.
+        self.fresh.update(i for i in fresh if self.watched.get(i) in failed)
         self.trade_cursor = dict(result.trade_cursor)
         self.home_queue = result.worker_queue
         sends = []
-        if self.lapsed_since is not None:
+        for symbol in [s for s in self.lapsed if s not in failed]:
             # The view is back: this round saw everything that changed during the gap.
-            self.lapsed_since = None
-            sends.extend(self._signal(i, "sync_lapsed", None) for i in list(self.watched))
+            del self.lapsed[symbol]
+            sends.extend(
+                self._signal(i, "sync_lapsed", None)
+                for i, watched_symbol in list(self.watched.items())
+                if watched_symbol == symbol
+            )
         for order in result.changed:
             # None: not a watched intent's (another kernel's, by hand, or an opaque-form id
             # no watched intent claims).
@@ -370,14 +403,24 @@ class AccountSyncWorkflow:
                 owner = self.owners.owner(cid)
                 if owner is not None:
                     with_open.add(owner[0])
-            for intent_id in self.watched:
-                if intent_id not in with_open:
+            for intent_id, symbol in self.watched.items():
+                if intent_id not in with_open and symbol not in failed:
                     sends.append(self._signal(intent_id, "resync", None))
         # In batches: Temporal refuses a workflow task that leaves more than 2,000 signals in
         # flight (limit.numPendingSignals), and a worker restart makes the first round signal
         # every watched intent; smaller tasks also stay clear of the deadlock detector.
+        await self._send(sends)
+        if failed:
+            await self._check_lapse()
+        return bool(failed)
+
+    async def _send(self, sends: list[Coroutine[Any, Any, None]]) -> None:
         for first in range(0, len(sends), SIGNAL_BATCH):
             await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
+
+    def _read_at_of_watched(self) -> dict[str, datetime]:
+        symbols = set(self.watched.values())
+        return {s: t for s, t in self.symbol_read_at.items() if s in symbols}
 
     async def _observe(self, request: SyncRequest) -> SyncResult:
         """Run the round where the previous one ran: the worker processes each keep the open
@@ -416,17 +459,24 @@ class AccountSyncWorkflow:
         )
 
     async def _check_lapse(self) -> None:
-        """No round completed for longer than the intents' staleness bound: tell every
-        watched intent once (their state says `stale` until a round completes again)."""
-        if self.lapsed_since is not None:
-            return
-        since = self.last_round_at or workflow.info().start_time
-        if workflow.now() - since <= STALE_AFTER:
-            return
-        self.lapsed_since = since
-        sends = [self._signal(i, "sync_lapsed", since) for i in list(self.watched)]
-        for first in range(0, len(sends), SIGNAL_BATCH):
-            await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
+        """A symbol not read whole for longer than the intents' staleness bound: tell its
+        watched intents once (their state says `stale` until a round reads it again)."""
+        now = workflow.now()
+        started = workflow.info().start_time
+        sends = []
+        for symbol in self._symbols():
+            if symbol in self.lapsed:
+                continue
+            since = self.symbol_read_at.setdefault(symbol, self.last_round_at or started)
+            if now - since <= STALE_AFTER:
+                continue
+            self.lapsed[symbol] = since
+            sends.extend(
+                self._signal(i, "sync_lapsed", since)
+                for i, watched_symbol in list(self.watched.items())
+                if watched_symbol == symbol
+            )
+        await self._send(sends)
 
     async def _signal(self, intent_id: str, name: str, arg: object) -> None:
         handle = workflow.get_external_workflow_handle(workflow_id_for(intent_id))
