@@ -58,6 +58,10 @@ class AccountConfig(Value):
     # time): the reaction time of a held stop, against the account's request budget. The
     # looks are activity retries, which Temporal starts no sooner than a second apart.
     held_stop_poll_seconds: float = Field(default=1.0, ge=1, le=300, allow_inf_nan=False)
+    # The exchange's user-data stream (ccxt.pro `watch_orders`): fills and order changes pushed
+    # to the intents as they happen, with the REST account sync as a backstop on a longer
+    # interval. None: on wherever ccxt.pro's class for the exchange has `watchOrders`.
+    user_stream: bool | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     client_id_lookup: bool | None = Field(
         default=None,
@@ -350,6 +354,39 @@ def build_client(config: AccountConfig) -> ccxt_async.Exchange:
     api_key, secret = config.credentials()
     redact_in_logs(api_key, secret)
     return _make_client(config, api_key, secret)
+
+
+def user_stream_off(config: AccountConfig) -> str | None:
+    """Why the account has no user-data stream (None: it has one). No network."""
+    if config.user_stream is False:
+        return "user_stream = false in the accounts file"
+    import ccxt.pro as ccxt_pro
+
+    exchange = "binance" if config.base_url is not None else config.exchange
+    pro_class = getattr(ccxt_pro, exchange, None)
+    if pro_class is None:
+        return f"ccxt.pro has no {exchange}"
+    if not pro_class({"options": dict(config.options)}).has.get("watchOrders"):
+        return f"ccxt.pro's {exchange} has no watchOrders"
+    return None
+
+
+def build_stream_client(config: AccountConfig) -> Any:
+    """A ccxt.pro client for the account's user-data stream (close it with `await close()`)."""
+    api_key, secret = config.credentials()
+    redact_in_logs(api_key, secret)
+    if config.base_url is not None:
+        from exchange_kernel.sim import binance_pro_client
+
+        return binance_pro_client(config.base_url, api_key, secret, **config.options)
+    import ccxt.pro as ccxt_pro
+
+    client = getattr(ccxt_pro, config.exchange)(
+        {"apiKey": api_key, "secret": secret, "enableRateLimit": True, **config.options}
+    )
+    if config.sandbox:
+        client.set_sandbox_mode(True)
+    return client
 
 
 class SecretRedactor(logging.Filter):

@@ -913,6 +913,14 @@ class SyncRequest(Value):
     new_symbols: dict[str, str] = Field(default_factory=dict)
 
 
+class StreamRequest(Value):
+    """The account's user-data stream, followed for its sync workflow (which it tells of every
+    (re)connect, and asks which intent owns an order)."""
+
+    account: str
+    sync_workflow_id: str
+
+
 class ScanRequest(Value):
     account: str
     symbols: tuple[str, ...]

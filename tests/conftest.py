@@ -90,11 +90,13 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
     return {
         # native amend (opted in): ccxt's binance edits with cancelReplace
         "paper": AccountConfig(name="paper", base_url=base_url, native_amend=True, **common),
-        # with a pre-trade limit from the accounts file
+        # with a pre-trade limit from the accounts file; no user-data stream (when a test starts
+        # its account sync, REST alone observes it, as on exchanges without a stream)
         "paper-limited": AccountConfig(
             name="paper-limited",
             base_url=base_url,
             max_notional_per_intent=Decimal("1000"),
+            user_stream=False,
             **common,
         ),
         # the cancel -> confirm -> place path, for exchanges without an edit

@@ -93,7 +93,11 @@ async def start_sync(client: Client) -> None:
     """The account's sync, with 1 s rounds (the workers' own start then finds it running)."""
     await client.start_workflow(
         "AccountSync",
-        AccountSyncStart(account="paper", task_queue=TASK_QUEUE, interval=INTERVAL),
+        # REST rounds at that interval whether or not the user-data stream is up (they are
+        # what this module measures)
+        AccountSyncStart(
+            account="paper", task_queue=TASK_QUEUE, interval=INTERVAL, backstop_interval=INTERVAL
+        ),
         id=account_sync_id("paper"),
         task_queue=sync_task_queue(TASK_QUEUE),
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

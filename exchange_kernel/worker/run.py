@@ -22,6 +22,7 @@ from exchange_kernel.accounts import (
 )
 from exchange_kernel.activities.exchange import ExchangeActivities
 from exchange_kernel.activities.kernel import KernelActivities
+from exchange_kernel.activities.stream import StreamActivities
 from exchange_kernel.connection import (
     MAX_CACHED_WORKFLOWS,
     TASK_QUEUE,
@@ -147,6 +148,7 @@ def build_worker(
     exchange_activities = ExchangeActivities(pool, sync_queues)
     activities = exchange_activities.all()
     kernel_activities = KernelActivities(client).all()
+    stream_activities = StreamActivities(pool, client).all()
     # Each worker running workflows evicts a run after a legacy query that loaded it advanced
     # (worker/query_guard.py: an SDK defect that otherwise writes nondeterministic histories).
     main_guard, syncs_guard = QueryGuardRunner(WORKFLOW_RUNNER), QueryGuardRunner(WORKFLOW_RUNNER)
@@ -164,7 +166,7 @@ def build_worker(
         name: Worker(
             client,
             task_queue=account_task_queue(task_queue, name),
-            activities=activities,
+            activities=[*activities, *stream_activities],
             max_concurrent_activities=max_concurrent_activities,
             max_task_queue_activities_per_second=activities_per_second(config),
         )

@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, TimeoutType
 from temporalio.exceptions import TimeoutError as ActivityTimeout
+from temporalio.workflow import ActivityCancellationType, ActivityHandle
 
 with workflow.unsafe.imports_passed_through():
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
@@ -32,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         IntentSignal,
         OrderLookup,
         ScanRequest,
+        StreamRequest,
         SyncRequest,
         SyncResult,
         Value,
@@ -47,6 +50,8 @@ class AccountSyncStart(Value):
 
     account: str
     interval: timedelta = timedelta(seconds=2)
+    # While the account's user-data stream is up, REST rounds are a backstop: this far apart.
+    backstop_interval: timedelta = timedelta(seconds=5)
     watched: dict[str, str] = {}  # intent id -> symbol
     trade_cursor: dict[str, str] = {}
     round: int = 0
@@ -80,6 +85,11 @@ class AccountSyncStatus(Value):
     last_round_at: datetime | None
     last_error: str | None
     signals_sent: int
+    # The user-data stream: "starting", "up", "down" (lost, reconnecting: REST rounds at the
+    # normal interval meanwhile) or "off: <why>" (REST alone).
+    stream: str = "starting"
+    stream_connects: int = 0
+    stream_error: str | None = None
 
 
 # Signals sent to intents per workflow task.
@@ -95,6 +105,14 @@ ROUND_BUDGET = timedelta(seconds=20)
 # After a round with a failed part, the next round comes this soon (the account queue's rate
 # limit still holds it back when the account's budget is spent).
 RETRY_PART_AFTER = timedelta(milliseconds=500)
+# The user-data stream activity heartbeats every second; this long without one, it is started
+# again on another worker of the account.
+STREAM_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+STREAM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+)
 # How long a round waits for the worker that served the previous one: a live worker polls its
 # own queue all the time, so a round not started by then means the worker is gone (killed,
 # restarted, shut down), and the round goes to any worker of the account instead.
@@ -117,15 +135,19 @@ class AccountSyncWorkflow:
         self.home_queue: str | None = start.home_queue
         self.last_error: str | None = None
         self.failing_rounds = 0  # consecutive rounds with a failed part
+        self.stream_activity: ActivityHandle[str] | None = None
+        self.stream = "starting"
+        self.stream_connects = 0
+        self.stream_error: str | None = None
         self.signals_sent = 0
         self.halt_reasons: dict[str, str] = dict(start.halts)
         self.cancel_all: tuple[str, ...] = tuple(start.cancel_all)
         # Watched since the last round: the round checks each has an open order.
         self.fresh: set[str] = set(start.watched)
         # Client order id -> intent, for every form (kept in step with `watched`).
-        self.owners = Owners()
+        self.owner_ids = Owners()
         for intent_id in self.watched:
-            self.owners.add(
+            self.owner_ids.add(
                 intent_id, start.exchanges.get(intent_id), start.placements.get(intent_id, 0)
             )
 
@@ -134,7 +156,7 @@ class AccountSyncWorkflow:
         self.watched[request.intent_id] = request.symbol
         # A symbol not read yet counts its age from when it was first watched.
         self.symbol_read_at.setdefault(request.symbol, workflow.now())
-        self.owners.add(request.intent_id, request.exchange, request.placement)
+        self.owner_ids.add(request.intent_id, request.exchange, request.placement)
         self.fresh.add(request.intent_id)
         lapsed_since = self.lapsed.get(request.symbol)
         if lapsed_since is not None:
@@ -251,11 +273,35 @@ class AccountSyncWorkflow:
 
     def _forget(self, intent_id: str) -> None:
         self.watched.pop(intent_id, None)
-        self.owners.discard(intent_id)
+        self.owner_ids.discard(intent_id)
 
     @workflow.signal
     def sync_now(self) -> None:
         self.sync_requested = True
+
+    @workflow.signal
+    def stream_connected(self) -> None:
+        """The user-data stream is (again) subscribed: a REST round now covers the gap."""
+        self.stream = "up"
+        self.stream_connects += 1
+        self.sync_requested = True
+
+    @workflow.signal
+    def stream_lost(self, reason: str) -> None:
+        """The stream dropped: REST rounds at the normal interval until it is back."""
+        self.stream = "down"
+        self.stream_error = reason
+        self.sync_requested = True
+
+    @workflow.query
+    def owners(self, client_order_ids: list[str]) -> dict[str, str]:
+        """Of these client order ids, those a watched intent owns: id -> intent id."""
+        found = {}
+        for client_order_id in client_order_ids:
+            owner = self.owner_ids.owner(client_order_id)
+            if owner is not None:
+                found[client_order_id] = owner[0]
+        return found
 
     @workflow.query(name="watched")
     def query_watched(self) -> dict[str, str]:
@@ -272,15 +318,21 @@ class AccountSyncWorkflow:
             last_round_at=self.last_round_at,
             last_error=self.last_error,
             signals_sent=self.signals_sent,
+            stream=self.stream,
+            stream_connects=self.stream_connects,
+            stream_error=self.stream_error,
         )
 
     @workflow.run
     async def run(self, start: AccountSyncStart) -> None:
         if self.halt_reasons:
             self._publish_halts()  # carried over a continue-as-new
+        self._start_stream()
         while True:
             if self._history_full():
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                if self.stream_activity is not None:
+                    self.stream_activity.cancel()  # the next run follows the stream itself
                 kernel_queue = self._kernel_queue()
                 workflow.continue_as_new(
                     start.model_copy(
@@ -291,7 +343,7 @@ class AccountSyncWorkflow:
                             "halts": self.halt_reasons,
                             "cancel_all": self.cancel_all,
                             "exchanges": self._exchanges(),
-                            "placements": {i: self.owners.placement(i) for i in self.watched},
+                            "placements": {i: self.owner_ids.placement(i) for i in self.watched},
                             "task_queue": kernel_queue,
                             "last_round_at": self.last_round_at,
                             "symbol_read_at": self._read_at_of_watched(),
@@ -302,7 +354,8 @@ class AccountSyncWorkflow:
                     # A run on the kernel's queue moves to the syncs' own.
                     task_queue=sync_task_queue(kernel_queue),
                 )
-            interval = start.interval
+            self._check_stream()
+            interval = start.backstop_interval if self.stream == "up" else start.interval
             if self.watched:
                 if await self._round():
                     # Some part failed: read again soon, sooner than the interval, later each
@@ -321,6 +374,37 @@ class AccountSyncWorkflow:
                 )
             except TimeoutError:
                 pass
+
+    def _start_stream(self) -> None:
+        self.stream_activity = workflow.start_activity(
+            "follow_user_stream",
+            StreamRequest(account=self.start.account, sync_workflow_id=workflow.info().workflow_id),
+            task_queue=self._activity_queue(),
+            result_type=str,
+            start_to_close_timeout=timedelta(hours=6),
+            heartbeat_timeout=STREAM_HEARTBEAT_TIMEOUT,
+            retry_policy=STREAM_RETRY,
+            cancellation_type=ActivityCancellationType.TRY_CANCEL,
+            summary=f"user-data stream of {self.start.account}",
+        )
+
+    def _check_stream(self) -> None:
+        """The stream activity returns only when the account has no stream (or after its
+        6 hours: then it starts again)."""
+        activity = self.stream_activity
+        if activity is None or not activity.done():
+            return
+        self.stream_activity = None
+        try:
+            ended = activity.result()
+        except ActivityError as error:  # failed or cancelled: start it again
+            self.stream_error = str(error)
+            self._start_stream()
+            return
+        if ended == "stopped":
+            self._start_stream()
+        else:
+            self.stream = f"off: {ended}"
 
     def _history_full(self) -> bool:
         info = workflow.info()
@@ -341,7 +425,7 @@ class AccountSyncWorkflow:
         return tuple(sorted(set(self.watched.values())))
 
     def _exchanges(self) -> dict[str, str]:
-        exchanges = {i: self.owners.exchange(i) for i in self.watched}
+        exchanges = {i: self.owner_ids.exchange(i) for i in self.watched}
         return {i: e for i, e in exchanges.items() if e is not None}
 
     async def _round(self) -> bool:
@@ -353,8 +437,8 @@ class AccountSyncWorkflow:
             symbols=self._symbols(),
             round=self.round,
             trade_cursor=self.trade_cursor,
-            new_digests=tuple(sorted(self.owners.key(i) for i in fresh)),
-            new_symbols={self.owners.key(i): self.watched[i] for i in fresh},
+            new_digests=tuple(sorted(self.owner_ids.key(i) for i in fresh)),
+            new_symbols={self.owner_ids.key(i): self.watched[i] for i in fresh},
         )
         self.fresh = set()
         try:
@@ -387,12 +471,12 @@ class AccountSyncWorkflow:
         for order in result.changed:
             # None: not a watched intent's (another kernel's, by hand, or an opaque-form id
             # no watched intent claims).
-            owner = self.owners.owner(order.client_order_id)
+            owner = self.owner_ids.owner(order.client_order_id)
             if owner is not None:
                 sends.append(self._signal(owner[0], "observed", order))
         for key in result.not_open:
             # Filled or cancelled before this sync ever saw it open: let the intent look.
-            intent_id = self.owners.owner_of_key(key)
+            intent_id = self.owner_ids.owner_of_key(key)
             if intent_id is not None:
                 sends.append(self._signal(intent_id, "resync", None))
         if result.open_client_order_ids is not None:
@@ -400,7 +484,7 @@ class AccountSyncWorkflow:
             # have missed something; let each look for itself once.
             with_open = set()
             for cid in result.open_client_order_ids:
-                owner = self.owners.owner(cid)
+                owner = self.owner_ids.owner(cid)
                 if owner is not None:
                     with_open.add(owner[0])
             for intent_id, symbol in self.watched.items():
