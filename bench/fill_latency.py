@@ -163,14 +163,20 @@ async def measure(
             await asyncio.sleep(0.2)  # the long-poll is in place
         await paper.price(price)
         t0 = time.perf_counter()
-        while (await intents.state(intent_id)).filled == 0:
-            await asyncio.sleep(poll)
-        state_s.append(time.perf_counter() - t0)
+        state_s.append(await state_shows_fill(intents, intent_id, poll) - t0)
         if watcher is not None:
             await asyncio.wait_for(seen.wait(), 30)
             watch_s.append(watcher.result() - t0)
         await paper.price(START)
     return {"state": state_s, "watch": watch_s}
+
+
+async def state_shows_fill(intents: IntentClient, intent_id: str, poll: float) -> float:
+    """When a state query first shows the fill (queries `poll` seconds apart)."""
+    while True:
+        if (await intents.state(intent_id)).filled > 0:
+            return time.perf_counter()
+        await asyncio.sleep(poll)
 
 
 async def first_fill(intents: Any, intent_id: str, seen: asyncio.Event) -> float:
@@ -233,8 +239,10 @@ def main() -> None:
     args = parser.parse_args()
     results = asyncio.run(run(args.n, args.window, args.poll_ms / 1000))
     print()
-    print(f"{'account':8} {'stream':28} {'req/min at rest':>16} {'state p50/p99 ms':>18} "
-          f"{'watch p50/p99 ms':>18}")
+    print(
+        f"{'account':8} {'stream':28} {'req/min at rest':>16} {'state p50/p99 ms':>18} "
+        f"{'watch p50/p99 ms':>18}"
+    )
     for account, r in results.items():
         state = r["fill_to_state"]
         watch = r["fill_to_watch"]
