@@ -43,6 +43,11 @@ RECONNECT_FIRST = 0.2
 RECONNECT_CEILING = 5.0
 # Owners remembered per stream (client order id -> intent id); the oldest are forgotten first.
 OWNERS_KEPT = 20_000
+# An order the stream shows before its intent registered with the sync (it registers once the
+# order rests, a moment after the exchange announced it) is asked about again this often, for
+# this long, so that its fills find their owner already known (a query costs tens of ms).
+UNKNOWN_RETRY = 0.3
+UNKNOWN_FOR = 10.0
 
 
 class StreamActivities:
@@ -79,6 +84,7 @@ class StreamFollower:
         self.connect = connect
         self.sync = client.get_workflow_handle(request.sync_workflow_id)
         self.owners: dict[str, str] = {}
+        self.unknown: dict[str, float] = {}  # client order id -> when first seen unowned
         self.exchange: str | None = None
 
     async def run(self) -> None:
@@ -101,6 +107,7 @@ class StreamFollower:
 
     async def _follow(self, exchange: Any) -> None:
         watch = asyncio.ensure_future(exchange.watch_orders())
+        learner = asyncio.ensure_future(self._learn_unknown())
         try:
             # Subscribed once authenticated: from here on no change is missed, and the REST
             # round the sync runs now covers what happened before.
@@ -111,10 +118,20 @@ class StreamFollower:
                 watch = asyncio.ensure_future(exchange.watch_orders())
                 await self._forward(exchange, orders)
         finally:
-            if not watch.done():
-                watch.cancel()
-            with contextlib.suppress(BaseException):
-                await watch
+            for task in (watch, learner):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _learn_unknown(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(UNKNOWN_RETRY)
+            now = loop.time()
+            self.unknown = {c: t for c, t in self.unknown.items() if now - t < UNKNOWN_FOR}
+            if self.unknown:
+                await self._learn_owners(list(self.unknown))
 
     async def _beating(self, awaitable: Any) -> Any:
         """Await while heartbeating (a cancel from the workflow arrives through a heartbeat)."""
@@ -147,7 +164,10 @@ class StreamFollower:
         for cid, order in observed.items():
             intent_id = self.owners.get(cid)
             if intent_id is None:
-                continue  # no watched intent (yet): its own look or the REST round finds it
+                # No watched intent (yet): its own look or the REST round finds this change.
+                if order.status.is_live:
+                    self.unknown.setdefault(cid, asyncio.get_running_loop().time())
+                continue
             if order.filled > 0:
                 order = order.model_copy(update={"fills": _fills(exchange, order)})
             sends.append(self._observed(intent_id, order))
@@ -163,6 +183,8 @@ class StreamFollower:
             log.warning("owners of %d order(s) unknown: %s", len(client_order_ids), exc)
             return
         self.owners.update(found)
+        for client_order_id in found:
+            self.unknown.pop(client_order_id, None)
         while len(self.owners) > OWNERS_KEPT:
             del self.owners[next(iter(self.owners))]
 
