@@ -365,7 +365,10 @@ class Fill(Value):
     amount: Money
     fee: Money = Decimal(0)
     fee_currency: str | None = None
-    timestamp: datetime | None = None
+    timestamp: datetime | None = None  # the exchange's time of the trade
+    # When the intent first learnt of this trade (its workflow's clock); None in observations
+    # that have not reached an intent yet.
+    known_at: datetime | None = None
 
 
 class ExchangeOrder(Value):

@@ -950,7 +950,7 @@ def observe(state: IntentState, order: ExchangeOrder, now: datetime) -> IntentSt
         update={
             "phase": phase,
             "order": order.model_copy(update={"fills": ()}),
-            "fills": _merge_fills(placement.fills, order.fills),
+            "fills": _merge_fills(placement.fills, order.fills, now),
             "observed_at": now,
         }
     )
@@ -1069,12 +1069,13 @@ def _replace(state: IntentState, placement: Placement) -> IntentState:
     return state.model_copy(update={"placements": placements})
 
 
-def _merge_fills(known: tuple[Fill, ...], new: tuple[Fill, ...]) -> tuple[Fill, ...]:
+def _merge_fills(known: tuple[Fill, ...], new: tuple[Fill, ...], now: datetime) -> tuple[Fill, ...]:
+    """`known` and the trades of `new` not in it (by trade id), stamped `known_at` now."""
     ids = {f.trade_id for f in known}
     merged = list(known)
     for fill in new:
         if fill.trade_id not in ids:
-            merged.append(fill)
+            merged.append(fill.model_copy(update={"known_at": now}))
             ids.add(fill.trade_id)
     return tuple(merged)
 

@@ -829,7 +829,9 @@ def to_fill(trade: dict[str, Any], order: ExchangeOrder) -> Fill:
         amount=dec(trade.get("amount")) or Decimal(0),
         fee=dec(fee.get("cost")) or Decimal(0),
         fee_currency=fee.get("currency"),
-        timestamp=timestamp(trade.get("timestamp")),
+        # A create answer's trades carry no time of their own (Binance's FULL response): they
+        # happened when the order was taken, its transaction time.
+        timestamp=timestamp(trade.get("timestamp")) or order.updated_at,
     )
 
 

@@ -165,6 +165,9 @@ class Report:
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     timings: dict[str, float] = field(default_factory=dict)
+    # Fill on the exchange -> the intent knows it (`Fill.known_at`), seconds, counted while a
+    # worker and the server were up (their down time in between is left out).
+    fill_delays: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -235,6 +238,12 @@ class Report:
                 f"{c['server_restarts']} (down {down.get('server_down_total', 0):.1f} s in total)",
             ),
             (
+                "faults: user-data stream",
+                f"{c['fault_stream_disconnect']} disconnects, {c['fault_stream_terminate']} "
+                f"terminated, {c['fault_stream_drop_event']} events dropped "
+                f"({c['windows_stream']} windows led; delays in some)",
+            ),
+            (
                 "faults: 5xx",
                 f"{c['fault_error_500']} x 500, {c['fault_error_503']} x 503 "
                 f"({c['windows_5xx']} windows led)",
@@ -279,6 +288,7 @@ class Report:
                 f"{c['overexposed']} intents (see notes: exposure)",
             ),
             ("fills beyond the final amount", str(len(self.violations.get("overfills", [])))),
+            ("fill -> the intent knows", _delays(self.fill_delays, c["fills_unstamped"])),
             (
                 "settle",
                 f"{down.get('settle', 0):.1f} s (timeout {cfg.settle_timeout:.0f} s)",
@@ -439,6 +449,20 @@ class WorkerProcess:
         _close(self._log)
 
 
+def _delays(seconds: list[float], unstamped: int) -> str:
+    if not seconds:
+        return "no fills"
+    ordered = sorted(seconds)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return (
+        f"p50 {at(0.5):.2f} s, p90 {at(0.9):.2f} s, max {ordered[-1]:.2f} s over "
+        f"{len(ordered)} fills (a worker and the server up; {unstamped} without a time)"
+    )
+
+
 def _open_log(path: Path) -> IO[bytes]:
     return path.open("ab")
 
@@ -589,6 +613,9 @@ class Chaos:
         self.ops_slots = asyncio.Semaphore(OP_SLOTS)
         self.resync_at: dict[str, datetime] = {}
         self.final: dict[str, IntentState | None] = {}
+        # When a worker or the server was down (wall clock: from the kill or stop until it
+        # was started again).
+        self.down: list[tuple[float, float]] = []
         self.closed: dict[str, IntentState] = {}  # finished intents' final states
         self.trades_at_stop = 0
         self.unsettled: set[str] = set()
@@ -823,11 +850,13 @@ class Chaos:
                 return
             delay = self.fault_rng.uniform(*self.cfg.worker_restart_delay)
             pid = self.worker.proc.pid if self.worker.proc else None
+            down = time.time()
             await self.worker.kill()
             self.c["worker_kills"] += 1
             self.log(f"chaos: SIGKILL worker {pid}, restart in {delay:.1f} s")
             await asyncio.sleep(delay)
             await self.worker.start()
+            self.down.append((down, time.time()))
 
     async def _server_restarts(self, t0: float) -> None:
         count = self.cfg.server_restarts
@@ -844,6 +873,7 @@ class Chaos:
         assert self.server is not None
         down = self.fault_rng.uniform(*self.cfg.server_down)
         began = time.monotonic()
+        down_at = time.time()
         await self.server.stop()
         self.log(
             f"chaos: Temporal server stopped (took {time.monotonic() - began:.1f} s), "
@@ -851,6 +881,7 @@ class Chaos:
         )
         await asyncio.sleep(down)
         await self._start_server()
+        self.down.append((down_at, time.time()))
         took = time.monotonic() - began
         self.report.timings["server_down_total"] = (
             self.report.timings.get("server_down_total", 0.0) + took
@@ -861,7 +892,7 @@ class Chaos:
     async def _faults(self, end: float) -> None:
         assert self.admin is not None
         rng = self.fault_rng
-        every = ["5xx", "429", "drop", "latency", "lag"]
+        every = ["5xx", "429", "drop", "latency", "lag", "stream"]
         cycle: list[str] = []
         while not await self._sleep(rng.uniform(*self.cfg.fault_off)):
             if time.monotonic() > end - 3:
@@ -889,6 +920,12 @@ class Chaos:
             if "latency" in kinds:
                 high = rng.choice([300, 800, 2000])
                 profile["latency_ms"] = [rng.randint(0, high // 4), high]
+            if "stream" in kinds:
+                profile["stream_drop_event"] = round(rng.uniform(0.05, 0.3), 3)
+                profile["stream_disconnect"] = round(rng.uniform(0.0, 0.08), 3)
+                profile["stream_terminate"] = round(rng.uniform(0.0, 0.04), 3)
+                if rng.random() < 0.5:
+                    profile["stream_delay_ms"] = [0, rng.choice([200, 1000, 3000])]
             await self._set_faults(profile)
             if "latency" in kinds:
                 self.c["latency_windows"] += 1
@@ -1536,12 +1573,25 @@ class Chaos:
             state = self.final.get(intent_id)
             mine = sorted(of_intent.get(intent_id, []), key=lambda o: o["opened_seq"])
             self._check_intent(tracked, state, mine, trades_of)
+            if state is not None:
+                self._fill_delays(state)
         for intent_id in sorted(self.unsettled):
             state = self.final.get(intent_id)
             what = _describe(state) if state is not None else "its state cannot be read"
             why = await self._diagnose(intent_id)
             report.violate("stuck", f"{intent_id}: {what}{'; ' + why if why else ''}")
         await self._export_histories()
+
+    def _fill_delays(self, state: IntentState) -> None:
+        for fill in state.fills:
+            if fill.timestamp is None or fill.known_at is None:
+                self.c["fills_unstamped"] += 1
+                continue
+            traded, known = fill.timestamp.timestamp(), fill.known_at.timestamp()
+            downtime = sum(
+                max(0.0, min(known, end) - max(traded, start)) for start, end in self.down
+            )
+            self.report.fill_delays.append(max(0.0, known - traded - downtime))
 
     def _check_intent(
         self,
