@@ -167,6 +167,7 @@ class IntentWatch:
         self._tasks: set[asyncio.Task[None]] = set()
         self._followed: set[str] = set()
         self._iterating = False
+        self._created_at = datetime.now(UTC)  # a fresh watch: intents that end from now on
         self.gap = False
 
     @property
@@ -309,12 +310,11 @@ class IntentWatch:
         # Followed again: what the cursor had not seen to the end.
         for intent_id, seq in list(position.seqs.items()):
             self._start(intent_id, seq)
-        started_at = datetime.now(UTC)
         if self._include_finished:
             query = base
         else:
-            # Running, or ended since the cursor's list time (or since the watch started).
-            ended_since = position.since or started_at
+            # Running, or ended since the cursor's list time (or since the watch was made).
+            ended_since = position.since or self._created_at
             query = (
                 f"{base} AND (ExecutionStatus = 'Running' OR CloseTime > '{_time(ended_since)}')"
             )
