@@ -56,6 +56,8 @@ FORGET_AFTER = timedelta(minutes=2)
 # A running intent whose update could not be delivered (a run continuing as new) is asked
 # again after this.
 RETRY_AFTER = 0.2
+# ... or after this when it has too many updates in flight (or the server is busy).
+BUSY_RETRY_AFTER = 1.0
 # Events read ahead of the consumer.
 READ_AHEAD = 1000
 
@@ -252,11 +254,13 @@ class IntentWatch:
                 raise IntentRejected(f"intent {intent_id} cannot be watched: {reason}") from None
             except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
                 _cancelled_yet()  # the client turns a cancellation into its own error
-                # Closed (or continuing as new, or not there at all): its description says.
-                if await self._running(handle, intent_id, exc):
-                    await asyncio.sleep(RETRY_AFTER)
-                    continue
-                break
+                # Closed (or continuing as new, busy, or not there at all): its description
+                # says.
+                delay = await self._retry_after(handle, intent_id, exc)
+                if delay is None:
+                    break
+                await asyncio.sleep(delay)
+                continue
             await self._put(batch.events, batch.gap)
             after = batch.last_seq
             if batch.finished:
@@ -271,22 +275,32 @@ class IntentWatch:
         for i, event in enumerate(found):
             await self._queue.put(_Event(event, gap and i == 0))
 
-    async def _running(self, handle: WorkflowHandle, intent_id: str, error: Exception) -> bool:
+    async def _retry_after(
+        self, handle: WorkflowHandle, intent_id: str, error: Exception
+    ) -> float | None:
+        """How long to wait before asking a running intent again, or None if it has closed."""
         try:
             description = await handle.describe()
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise IntentNotFound(f"no intent {intent_id!r}") from None
             raise
-        if description.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
-            if isinstance(error, RPCError) and error.status not in (
-                RPCStatusCode.NOT_FOUND,
-                RPCStatusCode.FAILED_PRECONDITION,
-                RPCStatusCode.ABORTED,
-            ):
-                raise error
-            return True
-        return False
+        if description.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+            return None
+        if not isinstance(error, RPCError) or error.status in (
+            RPCStatusCode.NOT_FOUND,  # the run it reached had just continued as new
+            RPCStatusCode.FAILED_PRECONDITION,
+            RPCStatusCode.ABORTED,
+        ):
+            return RETRY_AFTER
+        if error.status in (
+            # Too many updates in flight on the workflow, or the server is busy.
+            RPCStatusCode.RESOURCE_EXHAUSTED,
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.DEADLINE_EXCEEDED,
+        ):
+            return BUSY_RETRY_AFTER
+        raise error
 
     async def _final_state(self, handle: WorkflowHandle) -> IntentState | None:
         """The intent's final state: its result, else (terminated, failed) its last state."""

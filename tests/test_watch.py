@@ -7,6 +7,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -23,7 +24,7 @@ from exchange_kernel.models import (
     IntentStatus,
     OrderIntent,
 )
-from exchange_kernel.watch import IntentWatch
+from exchange_kernel.watch import IntentWatch, WatchCursor
 from exchange_kernel.workflows.intent import CHANGES_WAIT, OrderIntentWorkflow
 from tests.conftest import TASK_QUEUE, Paper, eventually
 from tests.test_intents import new_intent, resting
@@ -338,3 +339,14 @@ async def test_changes_refuses_a_negative_seq(intents: IntentClient, paper: Pape
 
 def tagged(intent: OrderIntent, strategy_id: str) -> OrderIntent:
     return intent.model_copy(update={"strategy_id": strategy_id})
+
+
+def test_a_cursor_round_trips_and_stays_printable() -> None:
+    at = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    cursor = WatchCursor({"a": 3, "b.c:d-1": 12}, {"e": at}, at)
+    text = cursor.encode()
+    assert text.isascii() and " " not in text and "=" not in text
+    again = WatchCursor.decode(text)
+    assert (again.seqs, again.done, again.since) == (cursor.seqs, cursor.done, cursor.since)
+    with pytest.raises(ValueError, match="not a watch cursor"):
+        WatchCursor.decode(text[:-4])

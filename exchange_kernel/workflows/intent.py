@@ -4,7 +4,8 @@ The workflow makes no decision: it asks `reconcile.plan(state, now)` for the nex
 executes it (an exchange activity, a message to another workflow, or a wait), and records what
 came back with `reconcile.record`. Every input of a decision is in `self.state`, the one thing
 a continue-as-new carries. Modifications and cancellations arrive as signals (fire and forget)
-or as updates (validated, answered).
+or as updates (validated, answered). Every step also records its events in the state
+(`events.record`), which watchers read with the `changes` update, a long poll.
 """
 
 from __future__ import annotations
@@ -155,10 +156,6 @@ class OrderIntentWorkflow:
             raise ApplicationError(
                 f"changes after {after}: a seq is 0 or more", type="BadRequest", non_retryable=True
             )
-
-    def _step(self, state: IntentState) -> None:
-        """Take the state after a step, with the events that the step made."""
-        self.state = events.record(self.state, state, workflow.now())
 
     # --- signals: fire and forget ------------------------------------------------------------
 
@@ -358,6 +355,10 @@ class OrderIntentWorkflow:
             )
         except TimeoutError:
             pass
+
+    def _step(self, state: IntentState) -> None:
+        """Take the state after a step, with the events that the step made."""
+        self.state = events.record(self.state, state, workflow.now())
 
     def _take_inbox(self) -> None:
         now = workflow.now()
