@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -19,7 +19,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -640,6 +642,12 @@ class IntentEvent(Value):
     # `reverted_to`: the accepted order the intent went back to
     desired: OrderSpec | None = None
     reverted_to: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The fields of other kinds are left out: the state carries up to KEEP_EVENTS of these.
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
 
 class IntentState(Value):
