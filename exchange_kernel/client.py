@@ -512,7 +512,8 @@ class IntentClient:
         within: timedelta = timedelta(seconds=30),
         interval: timedelta = timedelta(milliseconds=100),
     ) -> IntentState:
-        """Poll the intent's state until `condition` holds (TimeoutError after `within`)."""
+        """Poll the intent's state until `condition` holds (TimeoutError after `within`).
+        Following an intent without polling: `watch`."""
         async with asyncio.timeout(within.total_seconds()):
             while True:
                 try:
