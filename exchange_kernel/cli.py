@@ -6,7 +6,9 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -813,7 +815,10 @@ def watch(
     try:
         run(main())
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        # Long polls are still in flight: the Temporal client's core threads may answer them
+        # while the interpreter shuts down, which aborts it (temporalio/sdk-python#300).
+        sys.stdout.flush()
+        os._exit(130)
 
 
 def event_line(event: IntentEvent, gap: bool = False) -> str:

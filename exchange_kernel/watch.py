@@ -133,7 +133,11 @@ class IntentWatch:
     """An async iterator of `IntentEvent`s (from `IntentClient.watch`). After each event,
     `cursor` resumes a later watch after it and `gap` says whether events of its intent before
     it were dropped unread. Watching one intent ends after its last event; a group, account or
-    strategy is watched until the iteration stops (`aclose`, or `async with`)."""
+    strategy is watched until the iteration stops (`aclose`, or `async with`).
+
+    Closing leaves the long polls in flight to answer into nothing (the Temporal client cannot
+    cancel a call): a process that exits right after may abort at interpreter shutdown when
+    one answers then (temporalio/sdk-python#300); `exchange-kernel watch` exits without it."""
 
     def __init__(
         self,
@@ -327,11 +331,11 @@ class IntentWatch:
         if self._include_finished:
             query = base
         else:
-            # Running, or ended since the cursor's list time (or since the watch was made).
+            # Running, or ended since the cursor's list time (or since the watch was made):
+            # an intent that ended before is not followed, whenever it started.
             ended_since = position.since or self._created_at
-            query = (
-                f"{base} AND (ExecutionStatus = 'Running' OR CloseTime > '{_time(ended_since)}')"
-            )
+            base = f"{base} AND (ExecutionStatus = 'Running' OR CloseTime > '{_time(ended_since)}')"
+            query = base
         while True:
             listed_at = datetime.now(UTC)
             async for execution in self._intents.temporal.list_workflows(query):

@@ -203,6 +203,10 @@ async def test_watching_a_strategy_picks_up_an_intent_submitted_after_the_watch_
     strategy = f"s-{uuid.uuid4().hex[:8]}"
     early = tagged(new_intent(price="27000"), strategy)
     await intents.submit(early)
+    gone = tagged(new_intent(price="27000"), strategy)  # ended before the watch began
+    await intents.submit(gone)
+    await intents.cancel(gone.intent_id)
+    await intents.result(gone.intent_id)
     await intents.wait_for(early.intent_id, resting)
     watched = Collected(intents.watch(strategy_id=strategy))
     await watched.until("the running intent", lambda es: bool(watched.of(early.intent_id)))
