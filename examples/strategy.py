@@ -1,4 +1,5 @@
-"""An example strategy: a few intents, a modification, a cancellation, fills.
+"""An example strategy: a few intents, a modification, a cancellation, fills, followed through
+the kernel's events (`IntentClient.watch`) instead of polling.
 
 Run it against `exchange-kernel dev` (or via `make demo`, which starts everything first).
 """
@@ -9,10 +10,18 @@ import asyncio
 import json
 import sys
 import urllib.request
+from collections.abc import Callable
 from decimal import Decimal
 
 from exchange_kernel.client import IntentClient
-from exchange_kernel.models import IntentState, IntentStatus, OrderIntent, OrderSpec
+from exchange_kernel.models import (
+    IntentEvent,
+    IntentEventKind,
+    IntentState,
+    IntentStatus,
+    OrderIntent,
+    OrderSpec,
+)
 
 
 def move_price(paper_url: str, symbol: str, price: str, volume: str | None = None) -> None:
@@ -39,6 +48,9 @@ async def run_strategy(intents: IntentClient, paper_url: str, run_id: str) -> li
     await cancel_previous_runs(intents)
     move_price(paper_url, "BTCUSDT", "30000")
     move_price(paper_url, "ETHUSDT", "2000")
+    # The strategy's intents' events from now on (fills, status, modifications), intents
+    # submitted after this line included: no polling of their states.
+    events = aiter(intents.watch(strategy_id="demo"))
     wanted = {
         "btc-bid": OrderSpec(symbol="BTC/USDT", side="buy", amount="0.05", price="29900"),
         "btc-ask": OrderSpec(symbol="BTC/USDT", side="sell", amount="0.05", price="30500"),
@@ -53,12 +65,21 @@ async def run_strategy(intents: IntentClient, paper_url: str, run_id: str) -> li
         await intents.submit(intent)
         ids[name] = intent.intent_id
         print(f"submitted {intent.intent_id}: {spec.summary()}")
+    latest: dict[str, IntentEvent] = {}
 
-    def resting(state: IntentState) -> bool:
-        return state.status is IntentStatus.OPEN and state.reconciliation_status == "in_sync"
+    async def until(done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(60):
+            async for event in events:
+                latest[event.intent_id] = event
+                print(f"  event {event.intent_id} #{event.seq}: {describe(event)}")
+                if done():
+                    return
 
-    for intent_id in ids.values():
-        await intents.wait_for(intent_id, resting)
+    def status(name: str) -> IntentStatus | None:
+        event = latest.get(ids[name])
+        return event.status if event else None
+
+    await until(lambda: all(status(name) is IntentStatus.OPEN for name in ids))
 
     await intents.modify(ids["btc-bid"], price="29950")  # chase the market
     print("modified btc-bid: price 29950")
@@ -67,11 +88,25 @@ async def run_strategy(intents: IntentClient, paper_url: str, run_id: str) -> li
 
     move_price(paper_url, "BTCUSDT", "29950")  # btc-bid fills
     move_price(paper_url, "ETHUSDT", "1980", volume="0.4")  # eth-bid fills partially
-    for intent_id in ids.values():
-        await intents.resync(intent_id)
-    await intents.wait_for(ids["btc-bid"], lambda s: s.status is IntentStatus.FILLED)
-    await intents.wait_for(ids["eth-bid"], lambda s: s.filled == Decimal("0.4"))
+    await until(
+        lambda: (
+            status("btc-bid") is IntentStatus.FILLED
+            and status("eth-deep") is IntentStatus.CANCELED
+            and latest[ids["eth-bid"]].filled == Decimal("0.4")
+        )
+    )
+    await events.aclose()
     return [await intents.state(intent_id) for intent_id in ids.values()]
+
+
+def describe(event: IntentEvent) -> str:
+    if event.kind is IntentEventKind.FILL and event.fill is not None:
+        return f"fill {event.fill.amount} @ {event.fill.price} (filled {event.filled})"
+    if event.kind is IntentEventKind.STATUS:
+        return f"{event.previous_status} -> {event.status}"
+    if event.kind is IntentEventKind.MODIFICATION_ACCEPTED and event.desired is not None:
+        return f"modified: {event.desired.summary()} (revision {event.revision})"
+    return f"{event.kind.value}: {event.reason}"
 
 
 async def main(address: str, paper_url: str, run_id: str) -> None:

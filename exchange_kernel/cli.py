@@ -6,7 +6,9 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import signal
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -37,6 +39,8 @@ from exchange_kernel.models import (
     ExternalCancelPolicy,
     GroupKind,
     IntentChange,
+    IntentEvent,
+    IntentEventKind,
     IntentGroup,
     IntentState,
     OrderIntent,
@@ -49,6 +53,7 @@ from exchange_kernel.models import (
 )
 from exchange_kernel.reconcile import trigger_condition
 from exchange_kernel.repair import NothingToRepair, ResetPoint, reset, stuck_run
+from exchange_kernel.watch import WatchCursor
 from exchange_kernel.worker.metrics import (
     DEFAULT_METRICS_URL,
     Row,
@@ -741,6 +746,113 @@ def resync(
         console.print(f"resync sent to {len(told)} running intent(s) of {account}")
     else:
         console.print(f"resync sent to {intent_id}")
+
+
+@app.command()
+def watch(
+    account: Annotated[str | None, typer.Option(help="every intent of this account")] = None,
+    intent_id: Annotated[
+        str | None,
+        typer.Option("--intent", help="one intent: the command ends after its last event"),
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="every intent of this group")] = None,
+    strategy: Annotated[str | None, typer.Option(help="every intent of this strategy id")] = None,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            help="resume after the events a cursor had seen (the cursor of a --json line)"
+        ),
+    ] = None,
+    include_finished: Annotated[
+        bool,
+        typer.Option(
+            "--include-finished",
+            help="with --account, --group or --strategy: also intents that had already ended",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="one JSON object per line, each with the cursor after it"),
+    ] = False,
+    address: AddressOption = None,
+    namespace: NamespaceOption = None,
+    profile: ProfileOption = None,
+) -> None:
+    """Follow intents' events as they happen (fills, status changes, modifications accepted or
+    refused, cancel requests): one intent, or every intent of an account, group or strategy,
+    including those submitted later. Each intent's kept events first (its most recent ones),
+    then live. One line per event; with --intent the command ends after the intent's last
+    event, otherwise Ctrl-C stops it. At least once: each event has its intent id and seq."""
+    chosen = [v for v in (account, intent_id, group, strategy) if v is not None]
+    if len(chosen) != 1:
+        raise fail("give exactly one of --account, --intent, --group, --strategy", 2)
+    if intent_id is not None and not ID_RE.fullmatch(intent_id):
+        raise fail(f"{intent_id!r} is not a valid intent id", 2)
+    if cursor is not None:
+        try:
+            WatchCursor.decode(cursor)
+        except ValueError as exc:
+            raise fail(f"--cursor: {exc}", 2) from None
+
+    async def main() -> None:
+        client = await IntentClient.connect(address, namespace, profile=profile)
+        events = client.watch(
+            intent_id=intent_id,
+            group_id=group,
+            account=account,
+            strategy_id=strategy,
+            cursor=cursor,
+            include_finished=include_finished,
+        )
+        async with events:
+            async for event in events:
+                if as_json:
+                    line = {**event.model_dump(mode="json"), "gap": events.gap}
+                    print(json.dumps({**line, "cursor": events.cursor}), flush=True)
+                else:
+                    console.print(event_line(event, events.gap), highlight=False, soft_wrap=True)
+
+    try:
+        run(main())
+    except KeyboardInterrupt:
+        # Long polls are still in flight: the Temporal client's core threads may answer them
+        # while the interpreter shuts down, which aborts it (temporalio/sdk-python#300).
+        sys.stdout.flush()
+        os._exit(130)
+
+
+def event_line(event: IntentEvent, gap: bool = False) -> str:
+    """One event for people: time, intent, seq, kind, what it says."""
+    match event.kind:
+        case IntentEventKind.FILL:
+            assert event.fill is not None
+            fill = event.fill
+            fee = f", fee {fill.fee} {fill.fee_currency}" if fill.fee_currency else ""
+            detail = f"{fill.amount} @ {fill.price}{fee} (trade {fill.trade_id})"
+        case IntentEventKind.STATUS:
+            previous = event.previous_status.value if event.previous_status else "-"
+            detail = f"{previous} -> {event.status.value}"
+            if event.reason:
+                detail = f"{detail}: {event.reason}"
+        case IntentEventKind.MODIFICATION_ACCEPTED:
+            summary = event.desired.summary() if event.desired else ""
+            detail = f"revision {event.revision}: {summary}"
+        case IntentEventKind.MODIFICATION_REFUSED:
+            detail = event.reason or "refused"
+            if event.revision is not None:
+                detail = f"revision {event.revision}: {detail}"
+            if event.reverted_to is not None:
+                detail = f"{detail}; back to revision {event.reverted_to}"
+        case _:
+            detail = event.reason or ""
+    line = (
+        f"{event.at:%H:%M:%S.%f}"[:-3]
+        + f"  {event.intent_id} #{event.seq}  {event.kind.value}  {detail}"
+        + f"  [filled {event.filled}, {event.status.value}]"
+    )
+    if gap:
+        line = f"(earlier events of {event.intent_id} were dropped unread)\n{line}"
+    return escape(line)
 
 
 # --- deployment: setup, accounts check -------------------------------------------------------

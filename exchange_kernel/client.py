@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
@@ -65,6 +65,9 @@ from exchange_kernel.repair import last_task_failure
 from exchange_kernel.workflows.account_sync import AccountSyncStatus
 from exchange_kernel.workflows.group import IntentGroupWorkflow
 from exchange_kernel.workflows.intent import OrderIntentWorkflow
+
+if TYPE_CHECKING:
+    from exchange_kernel.watch import IntentWatch
 
 ORPHAN_GRACE = timedelta(seconds=10)
 # `stale_intents`: how long one intent's state query may take before it counts as unanswerable.
@@ -509,7 +512,8 @@ class IntentClient:
         within: timedelta = timedelta(seconds=30),
         interval: timedelta = timedelta(milliseconds=100),
     ) -> IntentState:
-        """Poll the intent's state until `condition` holds (TimeoutError after `within`)."""
+        """Poll the intent's state until `condition` holds (TimeoutError after `within`).
+        Following an intent without polling: `watch`."""
         async with asyncio.timeout(within.total_seconds()):
             while True:
                 try:
@@ -520,6 +524,40 @@ class IntentClient:
                     if condition(state):
                         return state
                 await asyncio.sleep(interval.total_seconds())
+
+    def watch(
+        self,
+        *,
+        intent_id: str | None = None,
+        group_id: str | None = None,
+        account: str | None = None,
+        strategy_id: str | None = None,
+        cursor: str | None = None,
+        include_finished: bool = False,
+    ) -> IntentWatch:
+        """The events (`IntentEvent`: fills, status moves, modifications accepted or refused,
+        cancel requests) of one intent, a group, an account or a strategy (exactly one of
+        them), as they happen: `async for event in intents.watch(account="paper")`.
+
+        From each intent's first kept event (the most recent `events.KEEP_EVENTS`), or after
+        `cursor` (the watch's `.cursor` after an event). At least once: dedupe by
+        (`intent_id`, `seq`). One intent: the iteration ends after its last event (an unknown
+        id raises IntentNotFound). A group, account or strategy: its running intents, and
+        those that start later (found within a few seconds), until the iteration stops; with
+        `include_finished`, also those that had ended before the watch began.
+        Long polls on the intents' workflows (the `changes` update), no polling of states:
+        exchange_kernel/watch.py."""
+        from exchange_kernel.watch import IntentWatch  # it builds on this client
+
+        return IntentWatch(
+            self,
+            intent_id=intent_id,
+            group_id=group_id,
+            account=account,
+            strategy_id=strategy_id,
+            cursor=cursor,
+            include_finished=include_finished,
+        )
 
     async def list(
         self,

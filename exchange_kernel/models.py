@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timedelta
 from decimal import Context, Decimal
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -19,7 +19,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -608,6 +610,49 @@ class Refusal(Value):
     reverted_to: int | None = None
 
 
+class IntentEventKind(StrEnum):
+    """What changed in an intent, as its workflow recorded it (`events.derive`)."""
+
+    FILL = "fill"  # a trade of one of its exchange orders, new to the intent
+    STATUS = "status"  # its status moved (pending, open, partially_filled, filled, ...)
+    MODIFICATION_ACCEPTED = "modification_accepted"  # a change made a new revision
+    # A change refused: by the kernel (it can no longer apply) or by the exchange (its order
+    # was refused; the intent went back to its last accepted revision, `reverted_to`)
+    MODIFICATION_REFUSED = "modification_refused"
+    CANCEL_REQUESTED = "cancel_requested"  # a cancellation (or the expiry) was asked for
+
+
+class IntentEvent(Value):
+    """One change of an intent, numbered by `seq` (1, 2, ... across continue-as-new: a watcher
+    dedupes by (intent_id, seq)). `status` and `filled` are the intent's after the event; the
+    other fields belong to one kind each."""
+
+    seq: int
+    at: datetime
+    intent_id: str
+    kind: IntentEventKind
+    status: IntentStatus
+    filled: Money
+    fill: Fill | None = None  # fill: the trade
+    previous_status: IntentStatus | None = None  # status: what it was before
+    # status: the outcome or the cancellation's reason; modification_refused: why;
+    # cancel_requested: the reason given
+    reason: str | None = None
+    # modification_accepted: the new revision; modification_refused: the refused one (None
+    # for a change refused before it made one)
+    revision: int | None = None
+    # modification_accepted: the desired order from now on; modification_refused with
+    # `reverted_to`: the accepted order the intent went back to
+    desired: OrderSpec | None = None
+    reverted_to: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The fields of other kinds are left out: the state carries up to KEEP_EVENTS of these.
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
 class IntentState(Value):
     """Everything known about one intent: desired, observed, and every input of a decision.
 
@@ -664,6 +709,10 @@ class IntentState(Value):
     # A held stop: the last price that the workflow saw cross it, and when (its trigger).
     last_price: Money | None = None
     last_price_at: datetime | None = None
+    # The most recent changes (`events.KEEP_EVENTS`), for watchers (the `changes` update), and
+    # the seq of the last one ever recorded (older ones were dropped from the tail).
+    events: tuple[IntentEvent, ...] = ()
+    event_seq: int = 0
 
     @property
     def holds_stop(self) -> bool:
@@ -765,6 +814,20 @@ class IntentBrief(Value):
     remaining: Money
     average_price: Money | None = None
     pending_changes: int = 0
+
+
+class IntentEvents(Value):
+    """What the `changes` update answers: the kept events after the asked seq, oldest first.
+
+    `gap`: events after the asked seq were dropped from the intent's tail before this read
+    (or the asked seq is past the last one, after a reset): read the state for what they
+    said. `finished`: the intent has ended, no event follows `last_seq`."""
+
+    intent_id: str
+    events: tuple[IntentEvent, ...] = ()
+    last_seq: int = 0
+    gap: bool = False
+    finished: bool = False
 
 
 # --- activity messages: what the workflow asks the exchange activities -----------------------

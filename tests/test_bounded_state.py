@@ -9,6 +9,7 @@ from decimal import Decimal
 from bench.bounded_state import Placements, ledger, run_lengths, state_bytes
 from exchange_kernel.client import IntentClient
 from exchange_kernel.devserver import EXCHANGE_ORDER_IDS
+from exchange_kernel.events import KEEP_EVENTS
 from exchange_kernel.models import IntentState, IntentStatus, intent_digest
 from exchange_kernel.reconcile import KEEP_ENDED
 from tests.conftest import Paper
@@ -43,7 +44,9 @@ async def test_an_intent_replaced_past_the_search_attribute_limit_stays_bounded_
     # A partial fill between plan and edit costs a placement number (the edit is not sent).
     assert state.next_placement >= MODIFICATIONS + 1
     assert len(state.placements) <= KEEP_ENDED + 1
-    assert state_bytes(state) < 16 * 1024
+    # The kept events (at most KEEP_EVENTS, a few hundred bytes each) come on top.
+    assert state_bytes(state) < 16 * 1024 + KEEP_EVENTS * 512
+    assert len(state.events) == KEEP_EVENTS
     description = await intents.temporal.get_workflow_handle(intent.workflow_id).describe()
     order_ids = description.typed_search_attributes.get(EXCHANGE_ORDER_IDS) or []
     assert 0 < len(order_ids) <= 2 * KEEP_ENDED + 1

@@ -16,6 +16,7 @@ from exchange_kernel.cli import app
 from exchange_kernel.client import IntentClient
 from exchange_kernel.devserver import free_port
 from exchange_kernel.models import IntentStatus, OrderIntent, OrderSpec
+from tests.conftest import Paper
 
 runner = CliRunner()
 
@@ -32,6 +33,7 @@ TEMPORAL_COMMANDS = (
     ["owner"],
     ["stale"],
     ["resync"],
+    ["watch"],
     ["halt"],
     ["resume"],
     ["orphans", "list"],
@@ -47,7 +49,7 @@ TEMPORAL_COMMANDS = (
 def test_every_command_has_help() -> None:
     for command in (
         *("sim", "worker", "dev", "submit", "modify", "cancel", "status", "list"),
-        *("owner", "stale", "resync"),
+        *("owner", "stale", "resync", "watch"),
     ):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, (command, result.output)
@@ -194,3 +196,58 @@ async def test_profile_selects_the_connection_of_temporal_toml(
     assert cancelled.exit_code == 0, cancelled.output
     final = await intents.result(intent.intent_id)
     assert final.status is IntentStatus.CANCELED
+
+
+# --- watch ---------------------------------------------------------------------------------------
+
+
+def test_watch_takes_exactly_one_selector() -> None:
+    address = f"127.0.0.1:{free_port()}"  # refused before connecting
+    for args in ([], ["--account", "paper", "--intent", "x"]):
+        result = runner.invoke(app, ["watch", *args, "--address", address])
+        assert result.exit_code == 2, result.output
+        assert "exactly one of --account, --intent, --group, --strategy" in result.output
+    result = runner.invoke(
+        app, ["watch", "--intent", "x", "--cursor", "nope", "--address", address]
+    )
+    assert result.exit_code == 2 and "not a watch cursor" in result.output
+
+
+async def test_watch_json_prints_an_intents_events_with_cursors_and_ends_with_it(
+    temporal_client: Client, intents: IntentClient, paper: Paper
+) -> None:
+    server = temporal_client.service_client.config.target_host
+    await paper.move_price("BTC/USDT", "30000")
+    intent = OrderIntent(
+        intent_id=f"cli-watch-{uuid.uuid4().hex[:10]}",
+        account="paper",
+        order=OrderSpec(symbol="BTC/USDT", side="buy", amount="0.01", price="29000"),
+    )
+    await intents.submit(intent)
+    command = ["watch", "--intent", intent.intent_id, "--json", "--address", server]
+    watching = asyncio.create_task(asyncio.to_thread(runner.invoke, app, command))
+    await intents.wait_for(intent.intent_id, lambda s: s.status is IntentStatus.OPEN)
+    await paper.move_price("BTC/USDT", "28990")
+    await intents.resync(intent.intent_id)
+    result = await asyncio.wait_for(watching, 60)  # ends by itself with the intent
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    assert {line["intent_id"] for line in lines} == {intent.intent_id}
+    assert "fill" in [line["kind"] for line in lines]
+    assert lines[-1]["kind"] == "status" and lines[-1]["status"] == "filled"
+    assert all(line["cursor"] for line in lines)
+
+    # Resumed from the cursor of the first line: the rest, and the end.
+    resumed = await asyncio.to_thread(
+        runner.invoke, app, [*command, "--cursor", lines[0]["cursor"]]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    rest = [json.loads(line) for line in resumed.output.splitlines()]
+    assert [line["seq"] for line in rest] == [line["seq"] for line in lines[1:]]
+
+    table = await asyncio.to_thread(
+        runner.invoke, app, ["watch", "--intent", intent.intent_id, "--address", server]
+    )
+    assert table.exit_code == 0, table.output
+    assert f"{intent.intent_id} #{len(lines)}  status  partially_filled -> filled" in table.output

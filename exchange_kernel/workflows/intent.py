@@ -4,7 +4,8 @@ The workflow makes no decision: it asks `reconcile.plan(state, now)` for the nex
 executes it (an exchange activity, a message to another workflow, or a wait), and records what
 came back with `reconcile.record`. Every input of a decision is in `self.state`, the one thing
 a continue-as-new carries. Modifications and cancellations arrive as signals (fire and forget)
-or as updates (validated, answered).
+or as updates (validated, answered). Every step also records its events in the state
+(`events.record`), which watchers read with the `changes` update, a long poll.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from exchange_kernel import reconcile
+    from exchange_kernel import events, reconcile
     from exchange_kernel.activities.errors import EXCHANGE_RETRY
     from exchange_kernel.connection import account_task_queue
     from exchange_kernel.devserver import (
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ExchangeOrder,
         IntentBrief,
         IntentChange,
+        IntentEvents,
         IntentStart,
         IntentState,
         MarketRequest,
@@ -71,6 +73,9 @@ LAST_SYNC_STEP = timedelta(seconds=10)
 # The local activity for market rules: a cache hit takes a millisecond; longer means the
 # exchange is being asked, which the regular activity does better.
 LOCAL_RULES_BUDGET = timedelta(seconds=2)
+# A watcher's long poll (`changes`) answers empty after this and is asked again: an update
+# whose caller went away holds one of the few update slots of the workflow only this long.
+CHANGES_WAIT = timedelta(seconds=30)
 
 # Activities on the workflow's own task queue, outside the account's activity rate limit:
 # market rules (ccxt's cache), and held stops' price polls, whose ticker requests the worker
@@ -112,6 +117,10 @@ class OrderIntentWorkflow:
         self.inbox: list[ExchangeOrder] = []
         # What visibility shows already (search attributes, memo): saves repeated upserts.
         self.published: dict[str, object] = {}
+        # The run is about to continue as new (`releasing`) or to end (`ending`): watchers'
+        # long polls answer now, so that they never hold the run open.
+        self.releasing = False
+        self.ending = False
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -119,22 +128,52 @@ class OrderIntentWorkflow:
     def query_state(self) -> IntentState:
         return self.state
 
+    @workflow.update(name="changes")
+    async def changes_update(self, after: int) -> IntentEvents:
+        """A watcher's long poll: the kept events with a seq past `after`, as soon as there is
+        one; an empty answer after CHANGES_WAIT (ask again), or at once when the run continues
+        as new or ends (`finished`). Changes nothing."""
+        try:
+            await workflow.wait_condition(
+                lambda: self.state.event_seq != after or self.releasing or self.ending,
+                timeout=CHANGES_WAIT,
+                timeout_summary="a watcher's long poll",
+            )
+        except TimeoutError:
+            pass
+        found, gap = events.since(self.state, after)
+        return IntentEvents(
+            intent_id=self.state.intent.intent_id,
+            events=found,
+            last_seq=self.state.event_seq,
+            gap=gap,
+            finished=self.ending,
+        )
+
+    @changes_update.validator
+    def _validate_changes(self, after: int) -> None:
+        if after < 0:
+            raise ApplicationError(
+                f"changes after {after}: a seq is 0 or more", type="BadRequest", non_retryable=True
+            )
+
     # --- signals: fire and forget ------------------------------------------------------------
 
     @workflow.signal(name="modify")
     def modify_signal(self, change: IntentChange) -> None:
         try:
-            self.state, _ = reconcile.receive_change(self.state, change, workflow.now())
+            changed, _ = reconcile.receive_change(self.state, change, workflow.now())
+            self._step(changed)
         except reconcile.ChangeRejected as exc:
-            self.state = reconcile.note(self.state, "modify rejected", str(exc), workflow.now())
+            self._step(reconcile.note(self.state, "modify rejected", str(exc), workflow.now()))
         self.dirty = True
 
     @workflow.signal(name="cancel")
     def cancel_signal(self, reason: str) -> None:
         try:
-            self.state = reconcile.request_cancel(self.state, reason or "cancelled", workflow.now())
+            self._step(reconcile.request_cancel(self.state, reason or "cancelled", workflow.now()))
         except reconcile.ChangeRejected as exc:
-            self.state = reconcile.note(self.state, "cancel rejected", str(exc), workflow.now())
+            self._step(reconcile.note(self.state, "cancel rejected", str(exc), workflow.now()))
         self.dirty = True
 
     @workflow.signal
@@ -146,26 +185,26 @@ class OrderIntentWorkflow:
     @workflow.signal
     def halted(self, reason: str | None) -> None:
         """The account's kill switch (from the account sync): refuse changes adding risk."""
-        self.state = reconcile.set_halted(self.state, reason, workflow.now())
+        self._step(reconcile.set_halted(self.state, reason, workflow.now()))
         self.dirty = True
 
     @workflow.signal
     def resync(self) -> None:
         """Look at the exchange now instead of at the next poll."""
-        self.state = reconcile.request_resync(self.state, workflow.now())
+        self._step(reconcile.request_resync(self.state, workflow.now()))
         self.dirty = True
 
     @workflow.signal
     def sync_lapsed(self, since: datetime | None) -> None:
         """From the account sync: no round completed since `since` (None: rounds complete
         again). The intent's view is stale meanwhile."""
-        self.state = reconcile.watch_lapsed(self.state, since, workflow.now())
+        self._step(reconcile.watch_lapsed(self.state, since, workflow.now()))
         self.dirty = True
 
     @workflow.signal
     def release(self) -> None:
         """From the intent's group: a triggered held stop (`release_by_group`) may place now."""
-        self.state = reconcile.release(self.state, workflow.now())
+        self._step(reconcile.release(self.state, workflow.now()))
         self.dirty = True
 
     @workflow.signal
@@ -174,7 +213,7 @@ class OrderIntentWorkflow:
         the new run ahead of the redone task): from now on every placement looks its client
         order id up before creating, so an order the discarded history placed, open or ended,
         is found instead of placed again."""
-        self.state = reconcile.mark_repaired(self.state, reason, workflow.now())
+        self._step(reconcile.mark_repaired(self.state, reason, workflow.now()))
         self.dirty = True
 
     # --- updates: validated, answered ----------------------------------------------------------
@@ -183,11 +222,12 @@ class OrderIntentWorkflow:
     async def modify_update(self, change: IntentChange) -> IntentBrief:
         await self._check_open_notional(change)
         try:
-            self.state, number = reconcile.receive_change(
+            changed, number = reconcile.receive_change(
                 self.state, change, workflow.now(), answered=True
             )
         except reconcile.ChangeRejected as exc:  # the intent moved on during the check
             raise _change_rejected(str(exc)) from None
+        self._step(changed)
         self.dirty = True
         revision = self.state.revision
         if any(p.number == number for p in self.state.pending_changes):
@@ -240,7 +280,7 @@ class OrderIntentWorkflow:
 
     @workflow.update(name="cancel")
     def cancel_update(self, reason: str) -> IntentBrief:
-        self.state = reconcile.request_cancel(self.state, reason or "cancelled", workflow.now())
+        self._step(reconcile.request_cancel(self.state, reason or "cancelled", workflow.now()))
         self.dirty = True
         return self.state.brief()
 
@@ -260,11 +300,12 @@ class OrderIntentWorkflow:
             # (even during an await below) wakes the next wait instead of being lost.
             self.dirty = False
             self._take_inbox()
-            self.state = reconcile.refresh(self.state, workflow.now())
+            self._step(reconcile.refresh(self.state, workflow.now()))
             action = reconcile.plan(self.state, workflow.now())
             self._publish()
             if isinstance(action, reconcile.Finish) and self.state.status.is_terminal:
                 # Let in-flight updates answer before the workflow closes.
+                self.ending = True
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 return self.state
             if isinstance(action, reconcile.Wait | reconcile.WatchPrice) and self._run_full(start):
@@ -274,9 +315,9 @@ class OrderIntentWorkflow:
                 await self._wait(action)
                 continue
             asked_at = workflow.now()
-            self.state = reconcile.begin(self.state, action, asked_at)
+            self._step(reconcile.begin(self.state, action, asked_at))
             outcome = await self._execute(action)
-            self.state = reconcile.record(self.state, action, outcome, asked_at)
+            self._step(reconcile.record(self.state, action, outcome, asked_at))
 
     def _quiet(self) -> bool:
         """Nothing pending and settled: every update waiting for its change has its answer."""
@@ -297,10 +338,13 @@ class OrderIntentWorkflow:
     async def _continue_as_new(self, start: IntentStart) -> None:
         # An update that lands now waits for its change to settle, which needs the loop: then
         # the loop goes on and continues as new at a later quiet moment.
+        # Watchers' long polls answer at once (they ask the next run).
+        self.releasing = True
         await workflow.wait_condition(lambda: workflow.all_handlers_finished() or not self._quiet())
         if workflow.all_handlers_finished() and self._quiet():
             self._take_inbox()
             workflow.continue_as_new(start.model_copy(update={"state": self.state}))
+        self.releasing = False
 
     async def _wait(self, action: reconcile.Wait) -> None:
         try:
@@ -312,10 +356,14 @@ class OrderIntentWorkflow:
         except TimeoutError:
             pass
 
+    def _step(self, state: IntentState) -> None:
+        """Take the state after a step, with the events that the step made."""
+        self.state = events.record(self.state, state, workflow.now())
+
     def _take_inbox(self) -> None:
         now = workflow.now()
         for order in self.inbox:
-            self.state = reconcile.observe(self.state, order, now)
+            self._step(reconcile.observe(self.state, order, now))
         self.inbox.clear()
 
     # --- executing actions ---------------------------------------------------------------------
