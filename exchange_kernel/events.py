@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from exchange_kernel.models import IntentEvent, IntentEventKind, IntentState
 
 # Events kept in the state: a watcher that falls further behind reads `gap` and the state.
-KEEP_EVENTS = 64
+KEEP_EVENTS = 32
 # The note `reconcile` writes when it refuses a change (a signal's, or a judged reduction's).
 CHANGE_REFUSED_NOTE = "modify rejected"
 

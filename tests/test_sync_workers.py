@@ -237,14 +237,19 @@ async def test_a_second_worker_adds_no_requests_and_no_signals_at_rest(
         await wait_polling(client, workers, queue)
         await rest(intents, paper, client, RESTING, PARTIAL)
         one = await window(client, paper)
+        streams = await sync_status(client)
 
         workers.append(start_worker(accounts, server.target, tmp_path / "worker-2.log"))
         await wait_polling(client, workers, queue)
         await wait_rounds(client, SETTLE_ROUNDS)
         two = await window(client, paper)
         served = await round_servers(client)
+        after = await sync_status(client)
     finally:
         stop_workers(workers)
+    # Still one user-data stream for the account: the second worker started none.
+    assert streams.stream == after.stream == "up", (streams, after)
+    assert after.stream_connects == streams.stream_connects, (streams, after)
 
     figures = f"one worker: {one}; two workers: {two}; last rounds served by {served[-10:]}"
     print(figures)
