@@ -136,3 +136,26 @@ async def test_an_account_without_a_stream_syncs_by_rest_alone(
 
 async def _stream_is(client: Client, account: str, prefix: str) -> bool:
     return (await sync_status(client, account)).stream.startswith(prefix)
+
+
+async def test_an_intent_never_ends_without_a_trade_the_stream_lost(
+    intents: IntentClient, paper: Paper, temporal_client: Client
+) -> None:
+    """The event of the first trade is lost; the second one says the order filled whole, with
+    only its own trade in the stream. The intent gets every trade (read over REST), not a fill
+    amount its trades do not add up to (an independent chaos run found intents ending so)."""
+    await stream_up(temporal_client)
+    state = await watched_bid(intents, paper, "1855.5")
+    await paper.faults(stream_drop_event=1.0, max_faults=1)
+    await paper.move_price("ETH/USDT", "1855.5", volume="0.04")
+    await paper.move_price("ETH/USDT", "1855.5")
+    final = await intents.result(state.intent.intent_id)
+    assert final.status is IntentStatus.FILLED
+    (order,) = await paper.orders_of(final.placements[-1].client_order_id)
+    ledger = [t for t in (await paper.admin("GET", "trades"))["trades"]]
+    mine = sorted(
+        str(t["trade_id"]) for t in ledger if str(t["order_id"]) == str(order["order_id"])
+    )
+    assert len(mine) == 2
+    assert sorted(f.trade_id for f in final.fills) == mine
+    assert sum(f.amount for f in final.fills) == Decimal("0.1")

@@ -531,11 +531,15 @@ class SyncRound:
                         order.symbol, "trades", functools.partial(order_fills, self.client, order)
                     )
                 except PartFailed:
-                    # Told next round instead, with its trades: its mark stays as it was.
+                    fills = None
+                if fills is None or sum((f.amount for f in fills), Decimal(0)) < order.filled:
+                    # Its trades could not be read, or not all of them yet (the exchange's
+                    # reads lag): told next round instead, whole; its mark stays as it was.
                     del self.changed[client_order_id]
                     self.now_open.pop(client_order_id, None)
                     if client_order_id in self.known:
                         self.kept_marks[client_order_id] = self.known[client_order_id]
+                    self.failed.add(order.symbol)
                     continue
                 self.changed[client_order_id] = order.model_copy(update={"fills": fills})
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from decimal import Decimal
 from typing import Any
 
 import ccxt
@@ -30,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from exchange_kernel import client_ids
 from exchange_kernel.accounts import ExchangePool, build_stream_client, user_stream_off
-from exchange_kernel.activities.exchange import to_exchange_order, to_fill
+from exchange_kernel.activities.exchange import order_fills, to_exchange_order, to_fill
 from exchange_kernel.models import ExchangeOrder, StreamRequest, workflow_id_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ OWNERS_KEPT = 20_000
 # this long, so that its fills find their owner already known (a query costs tens of ms).
 UNKNOWN_RETRY = 0.3
 UNKNOWN_FOR = 10.0
+
+
+class SyncGone(Exception):
+    """The sync run that started this stream has ended (it continued as new: the new run
+    follows the stream itself)."""
 
 
 class StreamActivities:
@@ -70,18 +76,27 @@ class StreamActivities:
         off = user_stream_off(config)
         if off is not None:
             return off
-        follower = StreamFollower(self.client, request, lambda: build_stream_client(config))
-        await follower.run()
+        follower = StreamFollower(
+            self.client,
+            request,
+            lambda: build_stream_client(config),
+            lambda: self.pool.client(request.account),
+        )
+        try:
+            await follower.run()
+        except SyncGone:
+            pass
         return "stopped"
 
 
 class StreamFollower:
     """One account's stream: connect, tell the sync, forward events; reconnect when lost."""
 
-    def __init__(self, client: Client, request: StreamRequest, connect: Any) -> None:
+    def __init__(self, client: Client, request: StreamRequest, connect: Any, rest: Any) -> None:
         self.client = client
         self.request = request
         self.connect = connect
+        self.rest = rest  # the account's REST client (the worker's, with its rate limiter)
         self.sync = client.get_workflow_handle(request.sync_workflow_id)
         self.owners: dict[str, str] = {}
         self.unknown: dict[str, float] = {}  # client order id -> when first seen unowned
@@ -169,10 +184,29 @@ class StreamFollower:
                     self.unknown.setdefault(cid, asyncio.get_running_loop().time())
                 continue
             if order.filled > 0:
-                order = order.model_copy(update={"fills": _fills(exchange, order)})
+                complete = await self._with_fills(exchange, order)
+                if complete is None:
+                    continue  # its trades could not be read: the REST round tells it whole
+                order = complete
             sends.append(self._observed(intent_id, order))
         await asyncio.gather(*sends)
         activity.heartbeat()
+
+    async def _with_fills(self, exchange: Any, order: ExchangeOrder) -> ExchangeOrder | None:
+        """The order with every one of its trades: from the stream when they add up to what it
+        filled, else (an event was lost, or came before its trade) read over REST. An intent
+        must never see a fill amount its trades do not account for: it could end without them."""
+        fills = _fills(exchange, order)
+        if sum((f.amount for f in fills), Decimal(0)) >= order.filled:
+            return order.model_copy(update={"fills": fills})
+        try:
+            fills = await order_fills(self.rest(), order)
+        except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
+            log.info("trades of %s not read: %s", order.client_order_id, exc)
+            return None
+        if sum((f.amount for f in fills), Decimal(0)) < order.filled:
+            return None  # the exchange's reads lag: the REST round looks again
+        return order.model_copy(update={"fills": fills})
 
     async def _learn_owners(self, client_order_ids: list[str]) -> None:
         if not client_order_ids:
@@ -205,7 +239,7 @@ class StreamFollower:
                 await self.sync.signal(signal, arg)
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                raise asyncio.CancelledError from exc  # the sync run ended: so does its stream
+                raise SyncGone from exc
             raise
 
 

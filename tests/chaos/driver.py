@@ -1591,7 +1591,14 @@ class Chaos:
             downtime = sum(
                 max(0.0, min(known, end) - max(traded, start)) for start, end in self.down
             )
-            self.report.fill_delays.append(max(0.0, known - traded - downtime))
+            delay = max(0.0, known - traded - downtime)
+            self.report.fill_delays.append(delay)
+            if delay > 5:
+                self.report.notes["slow fills"].append(
+                    f"{state.intent.intent_id} trade {fill.trade_id}: {delay:.1f} s "
+                    f"(traded {fill.timestamp:%H:%M:%S.%f}, known {fill.known_at:%H:%M:%S.%f}, "
+                    f"{downtime:.1f} s of it down)"
+                )
 
     def _check_intent(
         self,
@@ -1756,9 +1763,12 @@ class Chaos:
             for price, amount, n in reachable:
                 if mod.outcome != "accepted":
                     nxt.add((price, amount, n))
-                if mod.outcome == "rejected" and "refused by the exchange" in mod.detail:
+                if (
+                    mod.outcome == "rejected" and "refused by the exchange" in mod.detail
+                ) or mod.outcome in ("sent", "unknown"):
                     # Applied, its order refused: the intent went back to the last accepted
-                    # revision (desired as before), the revision number spent.
+                    # revision (desired as before), the revision number spent. (A signal, or
+                    # an update whose answer was lost, may have met that too.)
                     nxt.add((price, amount, n + 1))
                 if mod.outcome in ("accepted", "sent", "unknown"):
                     nxt.add((mod.price or price, mod.amount or amount, n + 1))
