@@ -360,7 +360,7 @@ class ExchangeActivities:
             previous = self._snapshots.get(request.account)
             cold = previous is None or previous[0] != request.round - 1
             known = {} if cold or previous is None else previous[1]
-            sync = SyncRound(client, request, known, ours)
+            sync = SyncRound(client, request, known, ours, beat=activity.heartbeat)
             await sync.run()
             self._snapshots[request.account] = (request.round, sync.snapshot())
             return sync.result(cold, self._sync_queues.get(request.account))
@@ -423,8 +423,10 @@ class SyncRound:
         request: SyncRequest,
         known: dict[str, OpenOrderMark],
         ours: Callable[[str], bool],
+        beat: Callable[[], None] = lambda: None,
     ) -> None:
         self.client = client
+        self.beat = beat  # before each request: the activity's heartbeat
         self.request = request
         self.known = known
         self.ours = ours
@@ -440,6 +442,7 @@ class SyncRound:
     async def part(self, symbol: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
         pause = PART_PAUSE
         for attempt in range(1, PART_ATTEMPTS + 1):
+            self.beat()
             try:
                 return await call()
             except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:

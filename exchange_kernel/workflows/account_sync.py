@@ -102,6 +102,9 @@ MAX_HISTORY_EVENTS = 2000
 # One round's budget, retries included: below the intents' staleness bound, so a failing
 # exchange is noticed (and the watched intents told their view lapsed) within about it.
 ROUND_BUDGET = timedelta(seconds=20)
+# A round's requests each take well under this (the account's rate limiter may hold one back
+# for a while): a round silent for longer ran on a worker that died.
+ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
 # After a round with a failed part, the next round comes this soon (the account queue's rate
 # limit still holds it back when the account's budget is spent).
 RETRY_PART_AFTER = timedelta(milliseconds=500)
@@ -535,8 +538,10 @@ class AccountSyncWorkflow:
             task_queue=task_queue,
             result_type=SyncResult,
             schedule_to_start_timeout=start_within,
-            # Short: a worker killed mid-round must not leave the account unobserved long.
+            # A worker killed mid-round must not leave the account unobserved long: the round
+            # heartbeats before each of its requests, and is run again when that stops.
             start_to_close_timeout=timedelta(seconds=15),
+            heartbeat_timeout=ROUND_HEARTBEAT_TIMEOUT,
             schedule_to_close_timeout=ROUND_BUDGET,
             retry_policy=EXCHANGE_RETRY,
             summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
