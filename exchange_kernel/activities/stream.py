@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import ccxt
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from exchange_kernel import client_ids
@@ -44,6 +45,7 @@ RECONNECT_FIRST = 0.2
 RECONNECT_CEILING = 5.0
 # Owners remembered per stream (client order id -> intent id); the oldest are forgotten first.
 OWNERS_KEPT = 20_000
+OWNERS_QUERY_TIMEOUT = timedelta(seconds=2)
 # An order the stream shows before its intent registered with the sync (it registers once the
 # order rests, a moment after the exchange announced it) is asked about again this often, for
 # this long, so that its fills find their owner already known (a query costs tens of ms).
@@ -99,7 +101,9 @@ class StreamFollower:
         self.rest = rest  # the account's REST client (the worker's, with its rate limiter)
         self.sync = client.get_workflow_handle(request.sync_workflow_id)
         self.owners: dict[str, str] = {}
-        self.unknown: dict[str, float] = {}  # client order id -> when first seen unowned
+        # Orders seen with no known owner: client order id -> (when first seen, latest seen),
+        # asked about again for a while and sent once their intent is known.
+        self.unknown: dict[str, tuple[float, ExchangeOrder]] = {}
         self.exchange: str | None = None
 
     async def run(self) -> None:
@@ -122,7 +126,7 @@ class StreamFollower:
 
     async def _follow(self, exchange: Any) -> None:
         watch = asyncio.ensure_future(exchange.watch_orders())
-        learner = asyncio.ensure_future(self._learn_unknown())
+        learner = asyncio.ensure_future(self._learn_unknown(exchange))
         try:
             # Subscribed once authenticated: from here on no change is missed, and the REST
             # round the sync runs now covers what happened before.
@@ -139,14 +143,19 @@ class StreamFollower:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _learn_unknown(self) -> None:
+    async def _learn_unknown(self, exchange: Any) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(UNKNOWN_RETRY)
             now = loop.time()
-            self.unknown = {c: t for c, t in self.unknown.items() if now - t < UNKNOWN_FOR}
-            if self.unknown:
-                await self._learn_owners(list(self.unknown))
+            self.unknown = {c: v for c, v in self.unknown.items() if now - v[0] < UNKNOWN_FOR}
+            if not self.unknown:
+                continue
+            await self._learn_owners(list(self.unknown))
+            known = {c: v[1] for c, v in self.unknown.items() if c in self.owners}
+            for client_order_id in known:
+                del self.unknown[client_order_id]
+            await self._send(exchange, known)
 
     async def _beating(self, awaitable: Any) -> Any:
         """Await while heartbeating (a cancel from the workflow arrives through a heartbeat)."""
@@ -175,14 +184,21 @@ class StreamFollower:
         if not observed:
             return
         await self._learn_owners([cid for cid in observed if cid not in self.owners])
+        now = asyncio.get_running_loop().time()
+        for cid, order in list(observed.items()):
+            if cid not in self.owners:
+                # No watched intent (yet: it registers once its order rests): sent once it is
+                # known; its own look or the REST round finds the change meanwhile.
+                first = self.unknown.get(cid, (now, order))[0]
+                self.unknown[cid] = (first, order)
+                del observed[cid]
+        await self._send(exchange, observed)
+        activity.heartbeat()
+
+    async def _send(self, exchange: Any, observed: dict[str, ExchangeOrder]) -> None:
         sends = []
         for cid, order in observed.items():
-            intent_id = self.owners.get(cid)
-            if intent_id is None:
-                # No watched intent (yet): its own look or the REST round finds this change.
-                if order.status.is_live:
-                    self.unknown.setdefault(cid, asyncio.get_running_loop().time())
-                continue
+            intent_id = self.owners[cid]
             if order.filled > 0:
                 complete = await self._with_fills(exchange, order)
                 if complete is None:
@@ -190,7 +206,6 @@ class StreamFollower:
                 order = complete
             sends.append(self._observed(intent_id, order))
         await asyncio.gather(*sends)
-        activity.heartbeat()
 
     async def _with_fills(self, exchange: Any, order: ExchangeOrder) -> ExchangeOrder | None:
         """The order with every one of its trades: from the stream when they add up to what it
@@ -212,13 +227,18 @@ class StreamFollower:
         if not client_order_ids:
             return
         try:
-            found = await self.sync.query("owners", client_order_ids, result_type=dict[str, str])
-        except RPCError as exc:
+            # Bounded: while the sync's worker is gone the query would wait for it, and every
+            # event behind this one with it; unknown owners are asked again (`unknown`).
+            found = await self.sync.query(
+                "owners",
+                client_order_ids,
+                result_type=dict[str, str],
+                rpc_timeout=OWNERS_QUERY_TIMEOUT,
+            )
+        except (RPCError, WorkflowQueryFailedError) as exc:
             log.warning("owners of %d order(s) unknown: %s", len(client_order_ids), exc)
             return
         self.owners.update(found)
-        for client_order_id in found:
-            self.unknown.pop(client_order_id, None)
         while len(self.owners) > OWNERS_KEPT:
             del self.owners[next(iter(self.owners))]
 

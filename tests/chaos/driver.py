@@ -230,7 +230,8 @@ class Report:
             ),
             (
                 "faults: worker kills",
-                f"{c['worker_kills']} (restarted after 0.5-5 s; unplanned worker exits "
+                f"{c['worker_kills']} (restarted after 0.5-5 s, serving again after "
+                f"{down.get('worker_down_total', 0):.1f} s down in all; unplanned worker exits "
                 f"{c['worker_unplanned_exits']})",
             ),
             (
@@ -373,6 +374,10 @@ class WorkerProcess:
         self.report = report
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
+        # Wall-clock spans without a serving worker: from a kill or an exit until the next
+        # process says it serves ("worker on ..."), for the fill latency figure.
+        self.down: list[tuple[float, float]] = []
+        self._down_since: float | None = time.time()
         self._expect_exit = False
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -404,7 +409,12 @@ class WorkerProcess:
             _write(self._log, line)
             if b"worker on" in line and proc is self.proc:
                 self.ready.set()
+                if self._down_since is not None:
+                    self.down.append((self._down_since, time.time()))
+                    self._down_since = None
         code = await proc.wait()
+        if self._down_since is None:
+            self._down_since = time.time()
         _write(self._log, f"--- worker {proc.pid} exited with {code} at {_stamp()}\n".encode())
         if proc is not self.proc or self._expect_exit or self._closed:
             return
@@ -417,6 +427,8 @@ class WorkerProcess:
     async def kill(self) -> None:
         """SIGKILL: no shutdown, no goodbye, activities in flight are simply gone."""
         self._expect_exit = True
+        if self._down_since is None:
+            self._down_since = time.time()
         proc = self.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -447,6 +459,10 @@ class WorkerProcess:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         _close(self._log)
+
+
+def _overlap(start: float, end: float, spans: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans)
 
 
 def _delays(seconds: list[float], unstamped: int) -> str:
@@ -850,13 +866,11 @@ class Chaos:
                 return
             delay = self.fault_rng.uniform(*self.cfg.worker_restart_delay)
             pid = self.worker.proc.pid if self.worker.proc else None
-            down = time.time()
             await self.worker.kill()
             self.c["worker_kills"] += 1
             self.log(f"chaos: SIGKILL worker {pid}, restart in {delay:.1f} s")
             await asyncio.sleep(delay)
             await self.worker.start()
-            self.down.append((down, time.time()))
 
     async def _server_restarts(self, t0: float) -> None:
         count = self.cfg.server_restarts
@@ -1569,6 +1583,8 @@ class Chaos:
         for t in trades:
             trades_of[int(t["order_id"])].append(t)
 
+        if self.worker is not None:
+            report.timings["worker_down_total"] = sum(b - a for a, b in self.worker.down)
         for intent_id, tracked in self.tracked.items():
             state = self.final.get(intent_id)
             mine = sorted(of_intent.get(intent_id, []), key=lambda o: o["opened_seq"])
@@ -1582,15 +1598,26 @@ class Chaos:
             report.violate("stuck", f"{intent_id}: {what}{'; ' + why if why else ''}")
         await self._export_histories()
 
+    def _down_spans(self) -> list[tuple[float, float]]:
+        """When the server, or every worker, was down (merged, wall clock)."""
+        spans = list(self.down)
+        if self.worker is not None:
+            spans += self.worker.down
+        merged: list[tuple[float, float]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
+
     def _fill_delays(self, state: IntentState) -> None:
         for fill in state.fills:
             if fill.timestamp is None or fill.known_at is None:
                 self.c["fills_unstamped"] += 1
                 continue
             traded, known = fill.timestamp.timestamp(), fill.known_at.timestamp()
-            downtime = sum(
-                max(0.0, min(known, end) - max(traded, start)) for start, end in self.down
-            )
+            downtime = _overlap(traded, known, self._down_spans())
             delay = max(0.0, known - traded - downtime)
             self.report.fill_delays.append(delay)
             if delay > 5:
