@@ -109,12 +109,12 @@ ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
 # limit still holds it back when the account's budget is spent).
 RETRY_PART_AFTER = timedelta(milliseconds=500)
 # The user-data stream activity heartbeats every second; this long without one, it is started
-# again on another worker of the account.
-STREAM_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
+# again (on another worker of the account, or the restarted one), 1-2 s later.
+STREAM_HEARTBEAT_TIMEOUT = timedelta(seconds=3)
 STREAM_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=5),
+    maximum_interval=timedelta(seconds=2),
 )
 # How long a round waits for the worker that served the previous one: a live worker polls its
 # own queue all the time, so a round not started by then means the worker is gone (killed,
