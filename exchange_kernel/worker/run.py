@@ -7,7 +7,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -41,11 +40,6 @@ from exchange_kernel.workflows.intent import OrderIntentWorkflow
 log = logging.getLogger("exchange_kernel.worker")
 
 WORKFLOWS = [OrderIntentWorkflow, AccountSyncWorkflow, IntentGroupWorkflow]
-# A workflow task waits this long on the queue of the worker that last ran the workflow (its
-# sticky queue) before any worker may take it. The SDK's default is 10 s: after a worker died,
-# every workflow it held (an intent told of a fill, the account sync) waited that long before
-# another worker replayed it; chaos measured fills reaching intents 10-20 s late so.
-STICKY_TIMEOUT = timedelta(seconds=3)
 # Our own modules are deterministic (models, the pure reconciler): passing them through the
 # sandbox keeps it from re-importing them (and rebuilding every pydantic model) for each
 # workflow run, which is most of a new intent's first workflow task.
@@ -166,7 +160,6 @@ def build_worker(
         max_concurrent_activities=max_concurrent_activities,
         workflow_runner=main_guard,
         max_cached_workflows=max_cached_workflows,
-        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
     )
     main_guard.bind(main)
     accounts = {
@@ -186,7 +179,6 @@ def build_worker(
         activities=kernel_activities,
         workflow_runner=syncs_guard,
         max_cached_workflows=max_cached_workflows,
-        sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
     )
     syncs_guard.bind(syncs)
     # The sync's rounds that follow on from this process's last one. With the account's rate
