@@ -1010,10 +1010,13 @@ def change_settled(state: IntentState, revision: int, now: datetime) -> bool:
         return True
     if state.accepted_revision is not None and state.accepted_revision >= revision:
         return True
-    return not state.pending_changes and reconciliation(state, now) in (
-        ReconciliationStatus.IN_SYNC,
-        ReconciliationStatus.STALE,
-    )
+    if state.pending_changes or any(p.phase is PlacementPhase.PLACING for p in state.placements):
+        return False
+    # Nothing left to do for it but wait. A look at the exchange due first (a resync, a poll)
+    # does not settle it: the change's own step may come after that look, and an answer given
+    # before the look would depend on whether the loop ran first in the workflow task.
+    action = _converge(state.model_copy(update={"status": IntentStatus.PENDING}), now)
+    return isinstance(action, Wait | WatchPrice | Watch)
 
 
 def refusal_of(state: IntentState, revision: int) -> Refusal | None:

@@ -101,9 +101,10 @@ class StreamFollower:
         self.rest = rest  # the account's REST client (the worker's, with its rate limiter)
         self.sync = client.get_workflow_handle(request.sync_workflow_id)
         self.owners: dict[str, str] = {}
-        # Orders seen with no known owner: client order id -> (when first seen, latest seen),
-        # asked about again for a while and sent once their intent is known.
-        self.unknown: dict[str, tuple[float, ExchangeOrder]] = {}
+        # Orders seen with no known owner: client order id -> (when first seen, the latest
+        # observation if it tells what the intent cannot know yet: a fill or an end), asked
+        # about again for a while; that observation is sent once the intent is known.
+        self.unknown: dict[str, tuple[float, ExchangeOrder | None]] = {}
         self.exchange: str | None = None
 
     async def run(self) -> None:
@@ -152,10 +153,9 @@ class StreamFollower:
             if not self.unknown:
                 continue
             await self._learn_owners(list(self.unknown))
-            known = {c: v[1] for c, v in self.unknown.items() if c in self.owners}
-            for client_order_id in known:
-                del self.unknown[client_order_id]
-            await self._send(exchange, known)
+            known = [c for c in self.unknown if c in self.owners]
+            news = {c: o for c in known if (o := self.unknown.pop(c)[1]) is not None}
+            await self._send(exchange, news)
 
     async def _beating(self, awaitable: Any) -> Any:
         """Await while heartbeating (a cancel from the workflow arrives through a heartbeat)."""
@@ -189,8 +189,11 @@ class StreamFollower:
             if cid not in self.owners:
                 # No watched intent (yet: it registers once its order rests): sent once it is
                 # known; its own look or the REST round finds the change meanwhile.
-                first = self.unknown.get(cid, (now, order))[0]
-                self.unknown[cid] = (first, order)
+                # An order as placed (nothing filled, still open) is what the intent's own
+                # placement answer said: sent late, it would pass for a fresh look.
+                first, kept = self.unknown.get(cid, (now, None))
+                news = order.filled > 0 or not order.status.is_live
+                self.unknown[cid] = (first, order if news else kept)
                 del observed[cid]
         await self._send(exchange, observed)
         activity.heartbeat()
