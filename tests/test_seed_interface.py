@@ -188,7 +188,8 @@ async def test_a_watched_intent_is_observed_by_its_account_syncs_rounds(
     await paper.move_price("BTC/USDT", "30000")
     state = await rest(intents)
     intent_id = state.intent.intent_id
-    await asyncio.sleep(5)
+    # Longer than 3 s plus the REST rounds' interval (5 s while the user-data stream is up).
+    await asyncio.sleep(9)
     assert (await intents.state(intent_id)).last_sync_at == state.last_sync_at
     assert intent_id not in await stale_ids(intents, "paper")
     everyone = await intents.stale_intents(timedelta(0), account="paper")
