@@ -22,6 +22,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
 
 from exchange_kernel.client import IntentClient
 from exchange_kernel.connection import account_task_queue, connect, sync_task_queue
@@ -105,8 +106,19 @@ async def start_sync(client: Client) -> None:
 
 
 async def sync_status(client: Client) -> AccountSyncStatus:
+    """The sync's status; asked again when the query could not be answered in time (right
+    after a kill, its run may wait on the dead worker's queue until the server gives up)."""
     handle = client.get_workflow_handle(account_sync_id("paper"))
-    return await handle.query("status", result_type=AccountSyncStatus)
+    for attempt in range(3):
+        try:
+            return await handle.query(
+                "status", result_type=AccountSyncStatus, rpc_timeout=timedelta(seconds=20)
+            )
+        except RPCError:
+            if attempt == 2:
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
 
 
 async def requests_total(paper: Paper) -> int:
