@@ -454,7 +454,8 @@ class AccountSyncWorkflow:
         failed = set(result.failed_symbols)
         self.last_error = "; ".join(result.failures) or None
         now = workflow.now()
-        self.last_round_at = now
+        if not failed:
+            self.last_round_at = now  # a round that read every symbol whole
         for symbol in request.symbols:
             if symbol not in failed:
                 self.symbol_read_at[symbol] = now
