@@ -46,11 +46,8 @@ RECONNECT_CEILING = 5.0
 # Owners remembered per stream (client order id -> intent id); the oldest are forgotten first.
 OWNERS_KEPT = 20_000
 OWNERS_QUERY_TIMEOUT = timedelta(seconds=2)
-# An order the stream shows before its intent registered with the sync (it registers once the
-# order rests, a moment after the exchange announced it) is asked about again this often, for
-# this long, so that its fills find their owner already known (a query costs tens of ms).
-UNKNOWN_RETRY = 0.3
-UNKNOWN_FOR = 10.0
+# A client order id the sync did not know is not asked about again for this long.
+UNKNOWN_RETRY = 1.0
 
 
 class SyncGone(Exception):
@@ -101,10 +98,10 @@ class StreamFollower:
         self.rest = rest  # the account's REST client (the worker's, with its rate limiter)
         self.sync = client.get_workflow_handle(request.sync_workflow_id)
         self.owners: dict[str, str] = {}
-        # Orders seen with no known owner: client order id -> (when first seen, the latest
-        # observation if it tells what the intent cannot know yet: a fill or an end), asked
-        # about again for a while; that observation is sent once the intent is known.
-        self.unknown: dict[str, tuple[float, ExchangeOrder | None]] = {}
+        # Client order ids the sync said no watched intent owns, and when it said so: not
+        # asked about again within UNKNOWN_RETRY (ids of other accounts on the same exchange
+        # account, orders placed by hand), so the sync is not queried on every event.
+        self.unknown: dict[str, float] = {}
         self.exchange: str | None = None
 
     async def run(self) -> None:
@@ -127,7 +124,6 @@ class StreamFollower:
 
     async def _follow(self, exchange: Any) -> None:
         watch = asyncio.ensure_future(exchange.watch_orders())
-        learner = asyncio.ensure_future(self._learn_unknown(exchange))
         try:
             # Subscribed once authenticated: from here on no change is missed, and the REST
             # round the sync runs now covers what happened before.
@@ -138,24 +134,10 @@ class StreamFollower:
                 watch = asyncio.ensure_future(exchange.watch_orders())
                 await self._forward(exchange, orders)
         finally:
-            for task in (watch, learner):
-                if not task.done():
-                    task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-
-    async def _learn_unknown(self, exchange: Any) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(UNKNOWN_RETRY)
-            now = loop.time()
-            self.unknown = {c: v for c, v in self.unknown.items() if now - v[0] < UNKNOWN_FOR}
-            if not self.unknown:
-                continue
-            await self._learn_owners(list(self.unknown))
-            known = [c for c in self.unknown if c in self.owners]
-            news = {c: o for c in known if (o := self.unknown.pop(c)[1]) is not None}
-            await self._send(exchange, news)
+            if not watch.done():
+                watch.cancel()
+            with contextlib.suppress(BaseException):
+                await watch
 
     async def _beating(self, awaitable: Any) -> Any:
         """Await while heartbeating (a cancel from the workflow arrives through a heartbeat)."""
@@ -183,17 +165,22 @@ class StreamFollower:
                 observed[order.client_order_id] = order
         if not observed:
             return
-        await self._learn_owners([cid for cid in observed if cid not in self.owners])
         now = asyncio.get_running_loop().time()
-        for cid, order in list(observed.items()):
+        self.unknown = {c: t for c, t in self.unknown.items() if now - t < UNKNOWN_RETRY}
+        # A fill or an end is always asked about (its intent may have registered a moment
+        # ago); an order merely placed is not asked about again for a while.
+        ask = [
+            c
+            for c, o in observed.items()
+            if c not in self.owners
+            and (c not in self.unknown or o.filled > 0 or not o.status.is_live)
+        ]
+        await self._learn_owners(ask)
+        for cid in list(observed):
             if cid not in self.owners:
-                # No watched intent (yet: it registers once its order rests): sent once it is
-                # known; its own look or the REST round finds the change meanwhile.
-                # An order as placed (nothing filled, still open) is what the intent's own
-                # placement answer said: sent late, it would pass for a fresh look.
-                first, kept = self.unknown.get(cid, (now, None))
-                news = order.filled > 0 or not order.status.is_live
-                self.unknown[cid] = (first, order if news else kept)
+                # No watched intent (yet: it registers once its order rests): its own look
+                # or the REST round finds the change.
+                self.unknown.setdefault(cid, now)
                 del observed[cid]
         await self._send(exchange, observed)
         activity.heartbeat()
