@@ -213,7 +213,8 @@ async def test_a_watched_intent_is_observed_by_its_account_syncs_rounds(
         await paper.faults()
 
     async def fresh() -> bool:
-        return intent_id not in await stale_ids(intents, "paper")
+        # Within a round's interval (5 s while the user-data stream is up).
+        return intent_id not in await stale_ids(intents, "paper", max_age=8)
 
     await eventually("fresh once a round completes", fresh, 40)
     await finish(intents, intent_id)
