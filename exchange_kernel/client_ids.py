@@ -316,19 +316,21 @@ class Owners:
             self._by_id.pop(id_for(intent_id, number, exchange), None)
 
     def owner(self, client_id: str) -> tuple[str, int] | None:
-        """(intent id, placement number) of the registered intent that sent `client_id`."""
+        """(intent id, placement number) of the registered intent that sent `client_id`; the
+        id counts as seen (an opaque intent's horizon moves up)."""
+        hit = self.lookup(client_id)
+        if hit is not None:
+            self._seen(*hit)
+        return hit
+
+    def lookup(self, client_id: str) -> tuple[str, int] | None:
+        """As `owner`, changing nothing: for a workflow query, which must not alter state."""
         parsed = parse(client_id)
         if parsed is not None:
             digest, number = parsed
             intent_id = self._by_digest.get(digest)
-            if intent_id is None:
-                return None
-            self._seen(intent_id, number)
-            return intent_id, number
-        hit = self._by_id.get(client_id.lower())
-        if hit is not None:
-            self._seen(*hit)
-        return hit
+            return None if intent_id is None else (intent_id, number)
+        return self._by_id.get(client_id.lower())
 
     def key(self, intent_id: str) -> str:
         """The `key_of` an open order of this intent has (for an opaque intent: its id of the

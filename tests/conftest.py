@@ -161,6 +161,33 @@ async def worker(temporal_client: Client, paper: Paper) -> AsyncIterator[Any]:
         await running.shutdown()
         await task
         await pool.close()
+        await _replay_account_syncs(temporal_client)
+
+
+async def _replay_account_syncs(client: Client) -> None:
+    """Replay every account-sync run the session wrote (they live through the whole session,
+    across worker restarts and extra workers); a history that does not replay is saved under
+    EK_NONDETERMINISM_DIR (default: .pytest_cache/nondeterminism) and reported."""
+    from pathlib import Path
+
+    from temporalio.worker import Replayer
+
+    from exchange_kernel.workflows.account_sync import AccountSyncWorkflow
+
+    replayer = Replayer(workflows=[AccountSyncWorkflow], data_converter=pydantic_data_converter)
+    out = Path(os.environ.get("EK_NONDETERMINISM_DIR", ".pytest_cache/nondeterminism"))
+    bad = []
+    async for execution in client.list_workflows("WorkflowType = 'AccountSync'"):
+        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        history = await handle.fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        if result.replay_failure is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{execution.id}-{execution.run_id}.json"
+            path.write_text(history.to_json())
+            bad.append(f"{path}: {result.replay_failure}")
+    if bad:
+        print("\naccount-sync histories that do not replay:\n" + "\n".join(bad))
 
 
 @pytest.fixture

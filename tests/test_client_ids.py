@@ -258,6 +258,24 @@ def test_opaque_ids_are_only_a_shape_until_an_intent_claims_them() -> None:
     assert owners.owner(hyper) is None
 
 
+def test_a_lookup_changes_nothing() -> None:
+    """What the account sync's `owners` query uses: a query must leave the workflow's state
+    as it found it (a replay runs no queries)."""
+    for exchange in ("coinbase", None):
+        owners = client_ids.Owners(window=4)
+        owners.add("i-1", exchange, placement=2)
+        ids = [client_ids.client_order_id_for(exchange or "binance", "i-1", n) for n in range(12)]
+        assert owners.lookup(ids[6]) == ("i-1", 6)
+        assert owners.placement("i-1") == 2 and owners.key("i-1") == owners.key("i-1")
+        key_before = owners.key("i-1")
+        assert owners.lookup(ids[6]) == ("i-1", 6)
+        assert owners.key("i-1") == key_before
+        if exchange is not None:
+            assert owners.lookup(ids[10]) is None  # the horizon did not move
+        assert owners.owner(ids[6]) == ("i-1", 6)
+        assert owners.placement("i-1") == 6
+
+
 def test_owners_follow_an_opaque_intent_beyond_its_first_window() -> None:
     owners = client_ids.Owners(window=4)
     owners.add("i-1", "coinbase", placement=2)

@@ -18,7 +18,7 @@ from temporalio.client import Client
 from exchange_kernel.activities.exchange import OpenOrderMark, SyncRound
 from exchange_kernel.client import IntentClient
 from exchange_kernel.models import ExchangeOrderStatus, SyncRequest
-from exchange_kernel.sim import DEMO_API_KEY, DEMO_SECRET, binance_client
+from exchange_kernel.sim import binance_client
 from tests.conftest import Paper, eventually
 from tests.test_account_sync import sync_status
 from tests.test_intents import new_intent, resting
@@ -29,9 +29,16 @@ TRADES = ["GET /api/v3/myTrades"]
 
 @pytest.fixture
 async def client(paper: Paper) -> Any:
-    exchange = binance_client(paper.base_url, DEMO_API_KEY, DEMO_SECRET)
+    """A key of its own: the faults these tests set (`api_keys`) then reach only their rounds,
+    not the session's account syncs and streams, which would take up `max_faults`."""
+    key = f"ek-sync-partial-{uuid.uuid4().hex[:8]}"
+    paper.server.exchange.add_account(key, OWN_SECRET)
+    exchange = binance_client(paper.base_url, key, OWN_SECRET)
     yield exchange
     await exchange.close()
+
+
+OWN_SECRET = "ek-sync-partial-secret"
 
 
 class Rounds:
@@ -80,7 +87,9 @@ async def test_a_failed_symbol_costs_only_its_part_and_nothing_it_held_is_lost(
     await paper.move_price("BTC/USDT", "29000")
     await paper.move_price("ETH/USDT", "1900", volume="0.2")
     # BTC comes first: its open orders and its trades fail on both tries; then all answers.
-    await paper.faults(error_503=1.0, endpoints=[*OPEN_ORDERS, *TRADES], max_faults=4)
+    await paper.faults(
+        error_503=1.0, endpoints=[*OPEN_ORDERS, *TRADES], max_faults=4, api_keys=[client.apiKey]
+    )
     second = await rounds.next()
     await paper.faults()
     result = second.result(False, None)
@@ -115,7 +124,7 @@ async def test_trades_that_could_not_be_read_are_read_next_round(client: Any, pa
     await rounds.next()  # starts the cursor after the newest trade
     cursor = dict(rounds.cursor)
     await place(client, "SOL/USDT", "buy", "1", "101", f"{prefix}-sol")  # crosses: fills now
-    await paper.faults(error_503=1.0, endpoints=TRADES, max_faults=2)
+    await paper.faults(error_503=1.0, endpoints=TRADES, max_faults=2, api_keys=[client.apiKey])
     failed = (await rounds.next()).result(False, None)
     await paper.faults()
     assert failed.failed_symbols == ("SOL/USDT",) and failed.changed == ()

@@ -9,7 +9,7 @@ whole exchange) order events that share a millisecond.
     GET  /sim/v1/faults    -> fault profile + {"injected": {fault: count}}
     POST /sim/v1/faults    {"error_500", "error_503", "rate_limit_429", "retry_after",
                             "drop_response", "latency_ms": [min, max], "seed", "endpoints",
-                            "max_faults", "visibility_lag_ms", "stream_disconnect",
+                            "api_keys", "max_faults", "visibility_lag_ms", "stream_disconnect",
                             "stream_terminate", "stream_drop_event",
                             "stream_delay_ms": [min, max]}  (replaces the profile; omitted =
                            off; visibility_lag_ms and stream_*: see exchange_kernel.sim.faults)

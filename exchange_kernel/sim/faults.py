@@ -74,6 +74,9 @@ class FaultConfig:
     seed: int | None = None
     # Restrict faults to these "METHOD /path" endpoints; None = every /api/v3 endpoint.
     endpoints: list[str] | None = None
+    # Restrict request faults to requests made with these API keys (X-MBX-APIKEY); None = all.
+    # One test's faults then leave other clients of the same paper exchange alone.
+    api_keys: list[str] | None = None
     # Stop injecting after this many faults (latency is not a fault); None = no limit.
     max_faults: int | None = None
     # Read-after-write lag of order lookups, in milliseconds after an order's creation.
@@ -110,6 +113,8 @@ class FaultConfig:
             raise ValueError("visibility_lag_ms must not be negative")
         if config.endpoints is not None:
             config.endpoints = [str(e) for e in config.endpoints]
+        if config.api_keys is not None:
+            config.api_keys = [str(k) for k in config.api_keys]
         return config
 
 
@@ -134,11 +139,13 @@ class FaultInjector:
         body["injected"] = dict(self.injected)
         return body
 
-    def _applies(self, method: str, path: str) -> bool:
-        if not path.startswith(GUARDED_PREFIX):
+    def _applies(self, request: web.Request) -> bool:
+        if not request.path.startswith(GUARDED_PREFIX):
             return False
-        endpoints = self.config.endpoints
-        return endpoints is None or f"{method} {path}" in endpoints
+        endpoints, keys = self.config.endpoints, self.config.api_keys
+        if keys is not None and request.headers.get("X-MBX-APIKEY") not in keys:
+            return False
+        return endpoints is None or f"{request.method} {request.path}" in endpoints
 
     def _draw(self, probability: float) -> bool:
         # Always draw, so a seeded run makes the same decisions whatever the probabilities hit.
@@ -187,7 +194,7 @@ class FaultInjector:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self._applies(request.method, request.path):
+        if not self._applies(request):
             return await handler(request)
         config = self.config
         low, high = config.latency_ms

@@ -301,7 +301,7 @@ class AccountSyncWorkflow:
         """Of these client order ids, those a watched intent owns: id -> intent id."""
         found = {}
         for client_order_id in client_order_ids:
-            owner = self.owner_ids.owner(client_order_id)
+            owner = self.owner_ids.lookup(client_order_id)  # a query changes nothing
             if owner is not None:
                 found[client_order_id] = owner[0]
         return found

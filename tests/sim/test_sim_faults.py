@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from typing import Any
 
 import aiohttp
 import ccxt.async_support as ccxt_async
@@ -110,6 +111,18 @@ async def test_endpoint_filter_and_fault_budget(
         await client.create_order(BTC, "market", "buy", 0.01)
     order = await client.create_order(BTC, "market", "buy", 0.01)  # budget spent: goes through
     assert order["status"] == "closed"
+    assert (await admin.faults())["injected"] == {"error_503": 1}
+
+
+async def test_faults_for_some_keys_leave_other_clients_alone(
+    client: ccxt_async.binance, admin: AdminClient, sim: SimServer, make_client: Any
+) -> None:
+    sim.exchange.add_account("other-key", "other-secret")
+    other = make_client("other-key", "other-secret")
+    await admin.set_faults(error_503=1.0, api_keys=["other-key"])
+    await client.fetch_balance()  # not a listed key
+    with pytest.raises(ccxt_async.ExchangeNotAvailable):
+        await other.fetch_balance()
     assert (await admin.faults())["injected"] == {"error_503": 1}
 
 
