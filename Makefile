@@ -44,7 +44,7 @@ stop:
 histories: $(STAMP)
 	EK_RECORD_HISTORIES=1 $(BIN)/python -m pytest -q tests/test_intents.py tests/test_held_stops.py \
 		tests/test_groups.py tests/test_continue_as_new.py tests/test_cold_update.py \
-		tests/test_freshness.py tests/test_brackets.py
+		tests/test_freshness.py tests/test_brackets.py tests/test_sync_activation_split.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/placement.py

@@ -218,12 +218,19 @@ async def rest(
         await paper.move_price("BTC/USDT", "30000")
         partly.append(intent)
     for intent in partly:
-        state = await intents.wait_for(
-            intent.intent_id,
-            lambda s: s.status is IntentStatus.PARTIALLY_FILLED and resting_partial(s),
-            # Generous: a loaded CI machine runs the worker processes slowly.
-            within=timedelta(seconds=90),
-        )
+        try:
+            state = await intents.wait_for(
+                intent.intent_id,
+                lambda s: s.status is IntentStatus.PARTIALLY_FILLED and resting_partial(s),
+                # Generous: a loaded CI machine runs the worker processes slowly.
+                within=timedelta(seconds=90),
+            )
+        except TimeoutError:
+            # Say where it stopped (a timeout alone said nothing in two CI runs).
+            state = await intents.state(intent.intent_id)
+            raise AssertionError(
+                f"{intent.intent_id} not resting partly filled: {state.model_dump_json()}"
+            ) from None
         assert state.filled == Decimal("0.01")
 
     async def all_watched() -> bool:

@@ -147,6 +147,13 @@ class AccountSyncWorkflow:
         self.cancel_all: tuple[str, ...] = tuple(start.cancel_all)
         # Watched since the last round: the round checks each has an open order.
         self.fresh: set[str] = set(start.watched)
+        # Watch and unwatch signals not applied yet (see `_apply_inbox`), and the client order
+        # ids of the intents they register (for the `owners` query meanwhile).
+        self.inbox: list[WatchRequest | str] = []
+        self.pending_owners = Owners()
+        self.notices_due = False
+        self.stream_watcher: asyncio.Task[None] | None = None
+        self.closing = False
         # Client order id -> intent, for every form (kept in step with `watched`).
         self.owner_ids = Owners()
         for intent_id in self.watched:
@@ -155,20 +162,41 @@ class AccountSyncWorkflow:
             )
 
     @workflow.signal
-    async def watch(self, request: WatchRequest) -> None:
-        self.watched[request.intent_id] = request.symbol
-        # A symbol not read yet counts its age from when it was first watched.
-        self.symbol_read_at.setdefault(request.symbol, workflow.now())
-        self.owner_ids.add(request.intent_id, request.exchange, request.placement)
-        self.fresh.add(request.intent_id)
-        lapsed_since = self.lapsed.get(request.symbol)
-        if lapsed_since is not None:
-            await self._signal(request.intent_id, "sync_lapsed", lapsed_since)
-        reason = self._halt_reason(request.symbol)
-        if reason is not None:
-            await self._signal(request.intent_id, "halted", reason)
-            if {"*", request.symbol} & set(self.cancel_all):
-                await self._signal(request.intent_id, "cancel", f"kill switch: {reason}")
+    def watch(self, request: WatchRequest) -> None:
+        """Applied at the loop's next turn, never while a round's result is being handled:
+        what a round signals then depends only on the state it started from, however the
+        worker splits a workflow task's events into activations (a signal that came with a
+        round's result is handled before it on replay, and may be handled after it live)."""
+        self.inbox.append(request)
+        self.pending_owners.add(request.intent_id, request.exchange, request.placement)
+        if self.lapsed.get(request.symbol) is not None or self._halt_reason(request.symbol):
+            self.notices_due = True  # it has to be told at once: a turn of the loop now
+
+    def _apply_inbox(self) -> list[tuple[str, str, object]]:
+        """Apply the watch and unwatch signals received since the last turn; the signals the
+        newly watched intents are due (their symbol's view lapsed, a halt covers it), as
+        (intent id, signal, argument)."""
+        inbox, self.inbox = self.inbox, []
+        self.pending_owners = Owners()
+        sends: list[tuple[str, str, object]] = []
+        for item in inbox:
+            if isinstance(item, str):
+                self._forget(item)
+                continue
+            self.watched[item.intent_id] = item.symbol
+            # A symbol not read yet counts its age from when it was first watched.
+            self.symbol_read_at.setdefault(item.symbol, workflow.now())
+            self.owner_ids.add(item.intent_id, item.exchange, item.placement)
+            self.fresh.add(item.intent_id)
+            lapsed_since = self.lapsed.get(item.symbol)
+            if lapsed_since is not None:
+                sends.append((item.intent_id, "sync_lapsed", lapsed_since))
+            reason = self._halt_reason(item.symbol)
+            if reason is not None:
+                sends.append((item.intent_id, "halted", reason))
+                if {"*", item.symbol} & set(self.cancel_all):
+                    sends.append((item.intent_id, "cancel", f"kill switch: {reason}"))
+        return sends
 
     @workflow.update
     async def halt(self, request: HaltRequest) -> dict[str, str]:
@@ -272,7 +300,8 @@ class AccountSyncWorkflow:
 
     @workflow.signal
     def unwatch(self, intent_id: str) -> None:
-        self._forget(intent_id)
+        self.inbox.append(intent_id)  # applied at the loop's next turn, as `watch`
+        self.pending_owners.discard(intent_id)
 
     def _forget(self, intent_id: str) -> None:
         self.watched.pop(intent_id, None)
@@ -301,21 +330,34 @@ class AccountSyncWorkflow:
         """Of these client order ids, those a watched intent owns: id -> intent id."""
         found = {}
         for client_order_id in client_order_ids:
-            owner = self.owner_ids.lookup(client_order_id)  # a query changes nothing
+            # A query changes nothing; intents whose watch is not applied yet count.
+            owner = self.owner_ids.lookup(client_order_id) or self.pending_owners.lookup(
+                client_order_id
+            )
             if owner is not None:
                 found[client_order_id] = owner[0]
         return found
 
     @workflow.query(name="watched")
     def query_watched(self) -> dict[str, str]:
-        """The intents this sync observes: intent id -> symbol."""
-        return dict(self.watched)
+        """The intents this sync observes: intent id -> symbol (signals not applied yet
+        included)."""
+        return self._watched_now()
+
+    def _watched_now(self) -> dict[str, str]:
+        watched = dict(self.watched)
+        for item in self.inbox:
+            if isinstance(item, str):
+                watched.pop(item, None)
+            else:
+                watched[item.intent_id] = item.symbol
+        return watched
 
     @workflow.query
     def status(self) -> AccountSyncStatus:
         return AccountSyncStatus(
             account=self.start.account,
-            watched=len(self.watched),
+            watched=len(self._watched_now()),
             symbols=self._symbols(),
             round=self.round,
             last_round_at=self.last_round_at,
@@ -331,52 +373,72 @@ class AccountSyncWorkflow:
         if self.halt_reasons:
             self._publish_halts()  # carried over a continue-as-new
         self._start_stream()
+        round_due = True
+        next_round_at = workflow.now()
         while True:
+            # A turn starts after a wait (a timer, or a signal that asked for it): in every
+            # replay, the same signals have arrived by then.
+            requested, self.sync_requested, self.notices_due = self.sync_requested, False, False
+            await self._send([self._signal(*notice) for notice in self._apply_inbox()])
             if self._history_full():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                if self.stream_activity is not None:
-                    self.stream_activity.cancel()  # the next run follows the stream itself
-                kernel_queue = self._kernel_queue()
-                workflow.continue_as_new(
-                    start.model_copy(
-                        update={
-                            "watched": self.watched,
-                            "trade_cursor": self.trade_cursor,
-                            "round": self.round,
-                            "halts": self.halt_reasons,
-                            "cancel_all": self.cancel_all,
-                            "exchanges": self._exchanges(),
-                            "placements": {i: self.owner_ids.placement(i) for i in self.watched},
-                            "task_queue": kernel_queue,
-                            "last_round_at": self.last_round_at,
-                            "symbol_read_at": self._read_at_of_watched(),
-                            "lapsed": self.lapsed,
-                            "home_queue": self.home_queue,
-                        }
-                    ),
-                    # A run on the kernel's queue moves to the syncs' own.
-                    task_queue=sync_task_queue(kernel_queue),
-                )
-            self._check_stream()
-            interval = start.backstop_interval if self.stream == "up" else start.interval
-            if self.watched:
-                if await self._round():
-                    # Some part failed: read again soon, sooner than the interval, later each
-                    # time it fails again (the account queue's rate limit holds as well).
-                    self.failing_rounds += 1
-                    backoff = RETRY_PART_AFTER * 2 ** min(self.failing_rounds - 1, 6)
-                    interval = min(interval, backoff)
-                else:
-                    self.failing_rounds = 0
-            self.sync_requested = False
+                await self._continue_as_new(start)
+            if round_due or requested:
+                interval = start.backstop_interval if self.stream == "up" else start.interval
+                if self.watched:
+                    if await self._round():
+                        # Some part failed: read again soon, sooner than the interval, later
+                        # each time it fails again (the account queue's rate limit holds too).
+                        self.failing_rounds += 1
+                        backoff = RETRY_PART_AFTER * 2 ** min(self.failing_rounds - 1, 6)
+                        interval = min(interval, backoff)
+                    else:
+                        self.failing_rounds = 0
+                next_round_at = workflow.now() + interval
+            remaining = next_round_at - workflow.now()
+            round_due = remaining <= timedelta(0)
+            if round_due:
+                continue
+            # A request that came meanwhile (sync_now, the stream (re)connected or lost) ends
+            # the wait with a round; a watch due a signal, with a turn that sends it.
             try:
                 await workflow.wait_condition(
-                    lambda: self.sync_requested,
-                    timeout=interval,
+                    lambda: self.sync_requested or self.notices_due,
+                    timeout=remaining,
                     timeout_summary="next sync round",
                 )
             except TimeoutError:
-                pass
+                round_due = True
+
+    async def _continue_as_new(self, start: AccountSyncStart) -> None:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        self.closing = True
+        if self.stream_activity is not None:
+            self.stream_activity.cancel()  # the next run follows the stream itself
+        kernel_queue = self._kernel_queue()
+        # Watches that came since this turn began are carried over; the signals they are due
+        # (a lapse, a halt) are not sent: rare at that moment, and an intent reads the halts
+        # itself when it is submitted.
+        self._apply_inbox()
+        workflow.continue_as_new(
+            start.model_copy(
+                update={
+                    "watched": self.watched,
+                    "trade_cursor": self.trade_cursor,
+                    "round": self.round,
+                    "halts": self.halt_reasons,
+                    "cancel_all": self.cancel_all,
+                    "exchanges": self._exchanges(),
+                    "placements": {i: self.owner_ids.placement(i) for i in self.watched},
+                    "task_queue": kernel_queue,
+                    "last_round_at": self.last_round_at,
+                    "symbol_read_at": self._read_at_of_watched(),
+                    "lapsed": self.lapsed,
+                    "home_queue": self.home_queue,
+                }
+            ),
+            # A run on the kernel's queue moves to the syncs' own.
+            task_queue=sync_task_queue(kernel_queue),
+        )
 
     def _start_stream(self) -> None:
         self.stream_activity = workflow.start_activity(
@@ -390,19 +452,20 @@ class AccountSyncWorkflow:
             cancellation_type=ActivityCancellationType.TRY_CANCEL,
             summary=f"user-data stream of {self.start.account}",
         )
+        self.stream_watcher = asyncio.create_task(self._watch_stream(self.stream_activity))
 
-    def _check_stream(self) -> None:
+    async def _watch_stream(self, activity: ActivityHandle[str]) -> None:
         """The stream activity returns only when the account has no stream (or after its
-        6 hours: then it starts again)."""
-        activity = self.stream_activity
-        if activity is None or not activity.done():
-            return
-        self.stream_activity = None
+        6 hours: then it starts again); failed, it is started again at once."""
         try:
-            ended = activity.result()
-        except ActivityError as error:  # failed or cancelled: start it again
+            ended = await activity
+        except ActivityError as error:  # failed (or cancelled for a continue-as-new)
+            if self.closing:
+                return
             self.stream_error = str(error)
             self._start_stream()
+            return
+        if self.closing:
             return
         if ended == "stopped":
             self._start_stream()
