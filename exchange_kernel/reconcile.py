@@ -561,6 +561,47 @@ def _until_expiry(state: IntentState, now: datetime) -> timedelta | None:
 
 
 def _plan_idle(state: IntentState, now: datetime) -> Action:
+    """Nothing live: place (again), or finish. A remainder the market's minimums refuse is not
+    placed: the intent ends with what it filled (it would be refused, and a refusal of the
+    intent's own revision ends it `rejected`, though nothing was wrong with the intent)."""
+    action = _plan_idle_step(state, now)
+    last = state.placements[-1] if state.placements else None
+    refused_again = (
+        isinstance(action, Finish)
+        and action.status is IntentStatus.REJECTED
+        and last is not None
+        and last.phase in (PlacementPhase.REFUSED, PlacementPhase.REJECTED)
+    )
+    if state.filled > 0 and (isinstance(action, Place) or refused_again):
+        dust = unplaceable_remainder(state)
+        if dust is not None:
+            return Finish(status=IntentStatus.EXPIRED, reason=dust)
+    return action
+
+
+def unplaceable_remainder(state: IntentState) -> str | None:
+    """Why the rest of the intent (its amount less its fills) cannot be placed on its own: below
+    the market's minimum amount or minimum notional; None when it can (or nothing is known)."""
+    rules, desired = state.rules, state.desired
+    remaining = desired.amount - state.filled
+    if rules is None or remaining <= 0:
+        return None
+    why = None
+    if rules.min_amount and remaining < rules.min_amount:
+        why = f"below the minimum amount {rules.min_amount}"
+    elif desired.price is not None and rules.min_notional:
+        notional = remaining * desired.price
+        if notional < rules.min_notional:
+            why = f"notional {notional} is below the minimum notional {rules.min_notional}"
+    if why is None:
+        return None
+    return (
+        f"the remaining {remaining} cannot be placed ({why}): ended with {state.filled} of "
+        f"{desired.amount} filled"
+    )
+
+
+def _plan_idle_step(state: IntentState, now: datetime) -> Action:
     desired = state.desired
     remaining = desired.amount - state.filled
     if not state.placements:

@@ -101,6 +101,7 @@ from exchange_kernel.reconcile import (
     request_resync,
     set_halted,
     stop_crossed,
+    unplaceable_remainder,
     watch_lapsed,
 )
 
@@ -562,6 +563,46 @@ def test_a_refused_replacement_places_the_last_accepted_revision_again() -> None
     assert isinstance(action, Place)
     assert (action.placement.price, action.placement.amount) == (D(100), D("1.5"))
     assert "last accepted revision" in action.reason
+
+
+MINIMUMS = MarketRules(symbol="BTC/USDT", min_amount=D("0.00001"), min_notional=D("5"))
+
+
+def test_a_remainder_below_the_minimum_notional_is_not_placed_again() -> None:
+    """chaos-1-0112: a new price accepted, then the order filled on to 0.00397 of 0.0041 while
+    it was cancelled to be replaced; the remainder (3.8 USDT) was refused by the NOTIONAL
+    filter, so was rev 1's, and the intent ended `rejected`. It ends `expired` with what it
+    filled, saying why, and nothing is placed."""
+    state = placed(make_state(amount="0.0041", price="29000", rules=MINIMUMS), filled="0.003")
+    state = change(state, price="29100")
+    state = cancelled(state, filled="0.00397")
+    action = plan(state, NOW)
+    assert isinstance(action, Finish) and action.status is IntentStatus.EXPIRED
+    assert "remaining 0.00013" in action.reason and "minimum notional 5" in action.reason
+    assert "0.00397 of 0.0041 filled" in action.reason
+
+
+def test_a_remainder_below_the_minimum_amount_after_a_replace_is_not_placed() -> None:
+    rules = MarketRules(symbol="BTC/USDT", min_amount=D("0.1"))
+    state = placed(make_state(amount="2", rules=rules), filled="0.5")
+    state = change(state, price="101")
+    state = begin(state, plan(state, NOW), NOW)
+    state = record(
+        state,
+        Cancel(number=0, reason="replace"),
+        answer(seen(state, 0, status="canceled", filled="1.95")),
+        NOW,
+    )
+    action = plan(state, NOW)
+    assert isinstance(action, Finish) and action.status is IntentStatus.EXPIRED
+    assert "below the minimum amount 0.1" in action.reason
+
+
+def test_a_remainder_the_minimums_allow_is_placed_again() -> None:
+    state = placed(make_state(amount="2", rules=MINIMUMS), filled="0.5")
+    state = change(state, price="101")
+    state = cancelled(state, filled="0.5")
+    assert isinstance(plan(state, NOW), Place)
 
 
 def test_a_refused_first_order_has_no_revision_to_go_back_to() -> None:
@@ -1975,7 +2016,9 @@ class Kernel:
             assert state.cancel_reason is not None or external
         elif status is IntentStatus.EXPIRED:
             observed = any(p.phase is PlacementPhase.EXPIRED for p in state.placements)
-            assert state.expiring or not _rests(state) or observed
+            # ... or the rest of it is below the market's minimums: it cannot be placed.
+            dust = unplaceable_remainder(state) is not None
+            assert state.expiring or not _rests(state) or observed or dust
         elif status is IntentStatus.REJECTED:
             assert (
                 self.refusals
