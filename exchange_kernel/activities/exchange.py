@@ -480,13 +480,18 @@ class SyncRound:
                 self.cursor[symbol] = str(trades[-1]["id"])
 
         # Only what changed is converted in full: at thousands of resting orders, parsing
-        # every one each round would cost the worker a core.
+        # every one each round would cost the worker a core. A newly watched intent's order
+        # that has fills is reported whatever the marks say: an earlier round may have seen
+        # those fills before the intent was watched, when nobody could be told.
+        fresh = set(self.request.new_digests)
         for client_order_id, listed in self.now_open.items():
             mark = self.known.get(client_order_id)
             if mark is None:
                 if listed.filled > 0 or listed.exchange_order_id in filled_order_ids:
                     self.changed[client_order_id] = listed.convert()
-            elif (mark.filled, mark.status) != (listed.filled, listed.status):
+            elif (mark.filled, mark.status) != (listed.filled, listed.status) or (
+                listed.filled > 0 and client_ids.key_of(client_order_id) in fresh
+            ):
                 self.changed[client_order_id] = listed.convert()
         # Gone from the open list: one targeted lookup before anyone is told.
         for client_order_id, mark in self.known.items():

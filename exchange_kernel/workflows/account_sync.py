@@ -259,7 +259,8 @@ class AccountSyncWorkflow:
         apart with visibility: an intent may be watched here yet gone, e.g. terminated)."""
         request = ScanRequest(
             account=self.start.account,
-            symbols=tuple(sorted(set(symbols) | set(self.watched.values()))),
+            # Intents whose watch is not applied yet count: their symbols are read too.
+            symbols=tuple(sorted(set(symbols) | set(self._watched_now().values()))),
         )
         orders = await workflow.execute_activity(
             "scan_open_orders",
