@@ -170,6 +170,7 @@ class IntentClient:
                 search_attributes=intent_search_attributes(intent),
                 memo={"summary": summary},
                 static_summary=f"{intent.account}: {summary}",
+                request_eager_start=True,
             )
         except WorkflowAlreadyStartedError:
             existing = await self.state(intent.intent_id)
