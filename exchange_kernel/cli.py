@@ -31,6 +31,7 @@ from exchange_kernel.client import (
     IntentListing,
     IntentNotFound,
     IntentRejected,
+    IntentUnavailable,
     StaleIntent,
 )
 from exchange_kernel.connection import MAX_CACHED_WORKFLOWS, TASK_QUEUE, TemporalUnreachable
@@ -130,6 +131,8 @@ def run(coroutine: Awaitable[T]) -> T:
         raise fail(validation_message(exc), 2) from None
     except (IntentRejected, AlreadyExistsError, IntentNotFound, AccountConfigError) as exc:
         raise fail(str(exc), 2) from None
+    except IntentUnavailable as exc:  # nothing was sent: worth trying again
+        raise fail(str(exc)) from None
 
 
 def with_client(

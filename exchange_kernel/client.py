@@ -76,21 +76,29 @@ STATE_READ_TIMEOUT = 5.0
 FAN_OUT = 32
 
 
-class AlreadyExistsError(Exception):
-    """An intent with this id exists with a different spec (or has finished)."""
+class IntentError(Exception):
+    """What the client raises about an intent. Two kinds that need different handling:
+    `IntentRejected` (refused: trying again changes nothing) and `IntentUnavailable` (the
+    server did not let the call reach the intent: nothing was sent; try again)."""
 
 
-class IntentNotFound(LookupError):
+class AlreadyExistsError(IntentError):
+    """An intent with this id exists with a different spec."""
+
+
+class IntentNotFound(IntentError, LookupError):
     pass
 
 
-class IntentRejected(ValueError):
+class IntentRejected(IntentError, ValueError):
     """The intent refused a modification or cancellation; the message says why."""
 
 
-class IntentUnavailable(IntentRejected):
+class IntentUnavailable(IntentError):
     """The intent cannot answer now: its last workflow task timed out (its worker stopped, or
-    is overloaded) and runs again when a worker picks it up. Try again shortly."""
+    is overloaded) and runs again when a worker picks it up. The call did not reach the
+    intent (nothing was changed): try again shortly. Not an `IntentRejected`, so code that
+    handles refusals does not take it for one."""
 
 
 class IntentStuck(IntentUnavailable):

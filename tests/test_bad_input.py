@@ -1073,6 +1073,8 @@ async def test_an_intent_whose_workflow_task_timed_out_is_unavailable_not_stuck(
             await asyncio.wait_for(bench.intents.state(intent_id), 10)
         # Not "stuck": nothing is wrong with the run that a worker taking the task won't fix.
         assert not isinstance(raised.value, IntentStuck)
+        # Nor a refusal: code that handles refusals must not take "try again" for one.
+        assert not isinstance(raised.value, IntentRejected)
         assert "try 3" in str(raised.value)
         assert "repair" not in str(raised.value)
     finally:
