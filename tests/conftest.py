@@ -110,6 +110,9 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
             options={"has": {"editOrder": False}},
             **common,
         ),
+        # observed by an account sync that a test starts itself, with its own staleness bound
+        # (tests/test_freshness.py); the session's "paper" sync keeps the defaults
+        "paper-fresh": AccountConfig(name="paper-fresh", base_url=base_url, **common),
         # stops held by the workflow (watching the price, then a market/limit order), although
         # the paper exchange takes stop-limit orders itself
         "paper-held": AccountConfig(

@@ -14,7 +14,6 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
@@ -23,7 +22,6 @@ from temporalio.worker import Worker
 from exchange_kernel.connection import account_task_queue
 from exchange_kernel.models import SyncRequest, SyncResult, account_sync_id, workflow_id_for
 from exchange_kernel.worker.run import WORKFLOW_RUNNER
-from exchange_kernel.workflows import account_sync
 from exchange_kernel.workflows.account_sync import AccountSyncStart, AccountSyncWorkflow
 from tests.test_client_ids_sync import StandInIntent
 
@@ -38,9 +36,8 @@ async def restarted_exchange_view(request: SyncRequest) -> SyncResult:
 
 
 async def test_a_round_telling_every_intent_signals_in_batches(
-    temporal_client: Client, monkeypatch: pytest.MonkeyPatch
+    temporal_client: Client,
 ) -> None:
-    monkeypatch.setattr(account_sync, "SIGNAL_BATCH", BATCH)
     run = uuid.uuid4().hex[:8]
     queue, account = f"sync-fanout-{run}", f"fanout-{run}"
     intent_ids = [f"fanout-{run}-{n}" for n in range(INTENTS)]
@@ -66,6 +63,7 @@ async def test_a_round_telling_every_intent_signals_in_batches(
                 account=account,
                 interval=timedelta(hours=1),
                 watched=dict.fromkeys(intent_ids, "BTC/USDT"),
+                signal_batch=BATCH,
             ),
             id=account_sync_id(account),
             task_queue=queue,

@@ -24,7 +24,6 @@ from exchange_kernel.devserver import start_local_environment
 from exchange_kernel.models import IntentStatus, account_sync_id, client_order_id
 from exchange_kernel.worker import build_worker
 from exchange_kernel.worker.run import WORKFLOW_RUNNER, ensure_account_syncs
-from exchange_kernel.workflows import account_sync
 from exchange_kernel.workflows.account_sync import (
     AccountSyncStart,
     AccountSyncStatus,
@@ -151,19 +150,18 @@ BOUND = 100
 
 
 async def test_the_sync_continues_as_new_past_its_bound(
-    temporal_client: Client, monkeypatch: pytest.MonkeyPatch
+    temporal_client: Client,
 ) -> None:
     """The sync continues as new once its history passes `MAX_HISTORY_EVENTS`, well before
     Temporal suggests it, and the run replays. Each `sync_now` signal to an idle sync (nothing
     watched) adds an event or a few to its history."""
     queue = f"sync-bound-{uuid.uuid4().hex[:8]}"
-    start = AccountSyncStart(account="bound", interval=timedelta(hours=1))
+    start = AccountSyncStart(account="bound", interval=timedelta(hours=1), max_history_events=BOUND)
     replayer = Replayer(
         workflows=[AccountSyncWorkflow],
         data_converter=pydantic_data_converter,
         workflow_runner=WORKFLOW_RUNNER,
     )
-    monkeypatch.setattr(account_sync, "MAX_HISTORY_EVENTS", BOUND)
     async with Worker(
         temporal_client,
         task_queue=queue,

@@ -9,12 +9,16 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 
 from exchange_kernel import reconcile
 from exchange_kernel.client import IntentClient, IntentRejected
-from exchange_kernel.models import IntentState, IntentStatus, ReconciliationStatus
-from exchange_kernel.workflows import account_sync, intent
-from tests.conftest import Paper, eventually
+from exchange_kernel.connection import sync_task_queue
+from exchange_kernel.models import IntentState, IntentStatus, ReconciliationStatus, account_sync_id
+from exchange_kernel.workflows import intent
+from exchange_kernel.workflows.account_sync import AccountSyncStart, AccountSyncWorkflow
+from tests.conftest import TASK_QUEUE, Paper, eventually
 from tests.test_intents import new_intent, record_workflow_history, resting
 
 LOOKUPS = ["GET /api/v3/order"]
@@ -23,14 +27,29 @@ SYNC_READS = ["GET /api/v3/openOrders", "GET /api/v3/myTrades"]
 
 @pytest.fixture
 def short_staleness(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bound at 3 s (the worker runs in this process, `exchange_kernel` passes through the
-    workflow sandbox): polls every second at most, a lookup gives up after 2 s, a sync round
-    after 2 s."""
+    """The intents' bound at 3 s (the worker runs in this process, `exchange_kernel` passes
+    through the workflow sandbox): polls every second at most, a lookup gives up after 2 s. The
+    account sync's bound is its input (`fresh_sync`): a patched global changed the decisions of
+    the session's "paper" sync, whose history then did not replay."""
     monkeypatch.setattr(reconcile, "STALE_AFTER", timedelta(seconds=3))
     monkeypatch.setattr(reconcile, "POLL_CEILING", timedelta(seconds=1))
     monkeypatch.setattr(intent, "LOOKUP_BUDGET", timedelta(seconds=2))
-    monkeypatch.setattr(account_sync, "STALE_AFTER", timedelta(seconds=3))
-    monkeypatch.setattr(account_sync, "ROUND_BUDGET", timedelta(seconds=2))
+
+
+async def fresh_sync(client: Client) -> None:
+    """The "paper-fresh" account's sync, lapsing after 3 s, a round given up after 2 s."""
+    await client.start_workflow(
+        AccountSyncWorkflow.run,
+        AccountSyncStart(
+            account="paper-fresh",
+            task_queue=TASK_QUEUE,
+            stale_after=timedelta(seconds=3),
+            round_budget=timedelta(seconds=2),
+        ),
+        id=account_sync_id("paper-fresh"),
+        task_queue=sync_task_queue(TASK_QUEUE),
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
 
 
 async def reads(intents: IntentClient, intent_id: str, status: ReconciliationStatus) -> bool:
@@ -66,10 +85,11 @@ async def test_a_polled_intent_reads_stale_while_its_looks_fail_then_in_sync_aga
 
 @pytest.mark.usefixtures("short_staleness")
 async def test_a_watched_intent_reads_stale_while_its_account_sync_fails_then_in_sync_again(
-    intents: IntentClient, paper: Paper
+    intents: IntentClient, paper: Paper, temporal_client: Client
 ) -> None:
+    await fresh_sync(temporal_client)
     await paper.move_price("BTC/USDT", "30000")
-    item = new_intent(price="28000")  # "paper": watched by its account sync
+    item = new_intent(price="28000", account="paper-fresh")  # watched by its account sync
     await intents.submit(item)
     await intents.wait_for(item.intent_id, lambda s: resting(s) and s.watched)
     await paper.faults(error_503=1.0, endpoints=SYNC_READS)

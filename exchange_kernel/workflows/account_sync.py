@@ -45,8 +45,24 @@ with workflow.unsafe.imports_passed_through():
     from exchange_kernel.reconcile import STALE_AFTER
 
 
+# Signals sent to intents per workflow task.
+SIGNAL_BATCH = 500
+# Continue as new past this many history events, sooner than Temporal suggests: every `watch`
+# is an event, and a worker that lost the run from its cache (a failed or timed-out task, e.g.
+# a continue-as-new meeting a signal) replays the whole history in one task. Thousands of
+# intents submitted at once made that replay outlast the task timeout, again and again.
+MAX_HISTORY_EVENTS = 2000
+# One round's budget, retries included: below the intents' staleness bound, so a failing
+# exchange is noticed (and the watched intents told their view lapsed) within about it.
+ROUND_BUDGET = timedelta(seconds=20)
+
+
 class AccountSyncStart(Value):
-    """The workflow's input; on continue-as-new, also what it carries over."""
+    """The workflow's input; on continue-as-new, also what it carries over.
+
+    Every number the workflow decides by is here (defaults: the module's constants), never
+    read from a module global at run time: a test that changed a global in the worker's
+    process changed the decisions of every sync it ran, and their histories did not replay."""
 
     account: str
     interval: timedelta = timedelta(seconds=2)
@@ -75,6 +91,12 @@ class AccountSyncStart(Value):
     # The task queue of the worker process that served the last round (its snapshot is the
     # one the next round diffs against); None: the account's queue, any worker.
     home_queue: str | None = None
+    # A symbol not read whole for this long lapses (its watched intents are told); a round's
+    # budget; when to continue as new; signals per workflow task.
+    stale_after: timedelta = STALE_AFTER
+    round_budget: timedelta = ROUND_BUDGET
+    max_history_events: int = MAX_HISTORY_EVENTS
+    signal_batch: int = SIGNAL_BATCH
 
 
 class AccountSyncStatus(Value):
@@ -92,16 +114,6 @@ class AccountSyncStatus(Value):
     stream_error: str | None = None
 
 
-# Signals sent to intents per workflow task.
-SIGNAL_BATCH = 500
-# Continue as new past this many history events, sooner than Temporal suggests: every `watch`
-# is an event, and a worker that lost the run from its cache (a failed or timed-out task, e.g.
-# a continue-as-new meeting a signal) replays the whole history in one task. Thousands of
-# intents submitted at once made that replay outlast the task timeout, again and again.
-MAX_HISTORY_EVENTS = 2000
-# One round's budget, retries included: below the intents' staleness bound, so a failing
-# exchange is noticed (and the watched intents told their view lapsed) within about it.
-ROUND_BUDGET = timedelta(seconds=20)
 # A round's requests each take well under this (the account's rate limiter may hold one back
 # for a while): a round silent for longer ran on a worker that died.
 ROUND_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
@@ -477,7 +489,7 @@ class AccountSyncWorkflow:
         info = workflow.info()
         return (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() >= MAX_HISTORY_EVENTS
+            or info.get_current_history_length() >= self.start.max_history_events
         )
 
     def _kernel_queue(self) -> str:
@@ -567,8 +579,9 @@ class AccountSyncWorkflow:
         return bool(failed)
 
     async def _send(self, sends: list[Coroutine[Any, Any, None]]) -> None:
-        for first in range(0, len(sends), SIGNAL_BATCH):
-            await asyncio.gather(*sends[first : first + SIGNAL_BATCH])
+        batch = self.start.signal_batch
+        for first in range(0, len(sends), batch):
+            await asyncio.gather(*sends[first : first + batch])
 
     def _read_at_of_watched(self) -> dict[str, datetime]:
         symbols = set(self.watched.values())
@@ -607,7 +620,7 @@ class AccountSyncWorkflow:
             # heartbeats before each of its requests, and is run again when that stops.
             start_to_close_timeout=timedelta(seconds=15),
             heartbeat_timeout=ROUND_HEARTBEAT_TIMEOUT,
-            schedule_to_close_timeout=ROUND_BUDGET,
+            schedule_to_close_timeout=self.start.round_budget,
             retry_policy=EXCHANGE_RETRY,
             summary=f"sync {request.account}: {len(request.symbols)} symbol(s)",
         )
@@ -622,7 +635,7 @@ class AccountSyncWorkflow:
             if symbol in self.lapsed:
                 continue
             since = self.symbol_read_at.setdefault(symbol, self.last_round_at or started)
-            if now - since <= STALE_AFTER:
+            if now - since <= self.start.stale_after:
                 continue
             self.lapsed[symbol] = since
             sends.extend(
