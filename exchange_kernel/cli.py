@@ -772,7 +772,7 @@ def list_intents(
     if as_json:
         print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return
-    console.print(listing(rows, console.width))
+    console.print(listing(rows, console.width), crop=False)  # ids longer than a line: whole
 
 
 def listing(rows: list[IntentListing], width: int) -> Table | Group:
@@ -884,7 +884,7 @@ def stale(
     title = f"{len(rows)} intent(s) not observed for more than {max_age:g} s"
     columns = ("account", "symbol", "status", "last observed", "by", "summary")
     ids = [row.intent_id for row in rows]
-    console.print(id_table(title, columns, ids, cells, console.width))
+    console.print(id_table(title, columns, ids, cells, console.width), crop=False)
 
 
 def _stale_json(row: StaleIntent, now: datetime) -> dict[str, Any]:

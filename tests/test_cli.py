@@ -680,7 +680,7 @@ def test_stale_shows_ids_whole_at_80_columns(stand_in: StandIn) -> None:
 
 
 def test_list_gives_ids_too_long_for_a_table_a_line_each(stand_in: StandIn) -> None:
-    long_id = "a-rather-long-intent-id-from-a-strategy-2026-12-03T20.11.24Z-0001"
+    long_id = "a-rather-long-intent-id-from-a-strategy-2026-12-03T20.11.24Z-0001" + "-x" * 20
     stand_in.listings = [listed(long_id), listed("cli-0123456789ab")]
     result = cli("list", columns=80)
     assert result.exit_code == 0, result.output
