@@ -782,3 +782,51 @@ async def test_submit_wait_shows_resting_filled_and_rejected_intents(
 
     await intents.cancel(resting_id)
     assert (await intents.result(resting_id)).status is IntentStatus.CANCELED
+
+
+async def test_halt_and_resume_json_through_the_account_sync(
+    temporal_client: Client, intents: IntentClient
+) -> None:
+    server = temporal_client.service_client.config.target_host
+    scope = ("--account", "paper", "--symbol", "DOGE/USDT")  # no test trades it
+
+    async def invoke(*args: str) -> Result:
+        return await asyncio.to_thread(runner.invoke, app, [*args, "--address", server])
+
+    try:
+        halted = await invoke("halt", *scope, "--reason", "cli json", "--json")
+        assert halted.exit_code == 0, halted.output
+        shown = json.loads(halted.stdout)
+        assert shown["halts"]["DOGE/USDT"] == "cli json" and shown["cancel_all"] is False
+    finally:
+        resumed = await invoke("resume", *scope, "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert "DOGE/USDT" not in json.loads(resumed.stdout)["halts"]
+
+
+async def test_group_bracket_and_cancel_json_name_the_group_and_its_legs(
+    temporal_client: Client, intents: IntentClient, paper: Paper, on_the_test_worker: None
+) -> None:
+    server = temporal_client.service_client.config.target_host
+    await paper.move_price("ETH/USDT", "2000")
+    group_id = f"cli-bracket-{uuid.uuid4().hex[:8]}"
+
+    async def invoke(*args: str) -> Result:
+        return await asyncio.to_thread(runner.invoke, app, [*args, "--address", server])
+
+    bracket = await invoke(
+        *("group", "bracket", "--symbol", "ETH/USDT", "--side", "buy", "--amount", "0.1"),
+        *("--price", "1500", "--take-profit", "2100", "--stop-loss", "1400"),
+        *("--id", group_id, "--json"),
+    )
+    assert bracket.exit_code == 0, bracket.output
+    shown = json.loads(bracket.stdout)
+    assert shown["group_id"] == group_id and shown["kind"] == "bracket"
+    entry = shown["members"][0]
+    await intents.wait_for(entry, lambda s: s.status is IntentStatus.OPEN)
+
+    cancelled = await invoke("group", "cancel", group_id, "--json")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert json.loads(cancelled.stdout)["cancel_sent"] is True
+    await asyncio.wait_for(intents.group_result(group_id), 30)
+    assert (await intents.state(entry)).status is IntentStatus.CANCELED
