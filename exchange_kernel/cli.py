@@ -471,7 +471,8 @@ def submit(
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
 ) -> None:
-    """Submit an order intent. Validated here, before anything is started."""
+    """Submit an order intent. Validated here (--expires-at included), before anything is
+    started. With --wait, follow it until it rests, fills or ends."""
     expiry = _expiry(expires_at)
     try:
         intent = OrderIntent(

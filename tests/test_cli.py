@@ -760,6 +760,15 @@ async def test_submit_wait_shows_resting_filled_and_rejected_intents(
     assert filled.exit_code == 0, filled.output
     assert f"{filled_id} filled: 0.01 @ " in filled.stdout
 
+    held_id = f"{strategy}-held"  # Binance spot has no stop-market: the workflow holds it
+    held = await invoke(
+        *("submit", "--symbol", "BTC/USDT", "--side", "sell", "--amount", "0.01"),
+        *("--type", "stop_market", "--stop-price", "29000", "--id", held_id, "--wait"),
+    )
+    assert held.exit_code == 0, held.output
+    assert f"{held_id} held: the workflow holds the stop" in held.stdout
+    await intents.cancel(held_id)
+
     rejected = await submit(rejected_id, "--price", "29000.001")
     assert rejected.exit_code == 2, rejected.output
     assert f"intent {rejected_id} rejected: " in rejected.output
