@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -19,9 +20,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from temporalio.service import RPCError
 
 from exchange_kernel.accounts import AccountConfigError, load_accounts
@@ -35,8 +37,10 @@ from exchange_kernel.client import (
     StaleIntent,
 )
 from exchange_kernel.connection import MAX_CACHED_WORKFLOWS, TASK_QUEUE, TemporalUnreachable
+from exchange_kernel.group_plan import member_ids
 from exchange_kernel.models import (
     ID_RE,
+    TERMINAL_STATUSES,
     ExternalCancelPolicy,
     GroupKind,
     IntentChange,
@@ -44,12 +48,14 @@ from exchange_kernel.models import (
     IntentEventKind,
     IntentGroup,
     IntentState,
+    IntentStatus,
     OrderIntent,
     OrderSpec,
     OrderType,
     ReconciliationStatus,
     Side,
     TimeInForce,
+    group_workflow_id,
     workflow_id_for,
 )
 from exchange_kernel.reconcile import trigger_condition
@@ -402,6 +408,16 @@ def _telemetry(metrics_port: str | None, otel: bool) -> Telemetry:
 # --- intents -----------------------------------------------------------------------------------
 
 
+WaitTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--wait-timeout",
+        min=0.1,
+        help="with --wait: seconds to wait before giving up (the intent keeps running)",
+    ),
+]
+
+
 @app.command()
 def submit(
     symbol: Annotated[str, typer.Option(help="market in ccxt form, e.g. BTC/USDT")],
@@ -414,6 +430,23 @@ def submit(
     ] = None,
     tif: Annotated[TimeInForce, typer.Option(help="time in force")] = TimeInForce.GTC,
     post_only: Annotated[bool, typer.Option(help="reject if it would take")] = False,
+    reduce_only: Annotated[
+        bool,
+        typer.Option(
+            "--reduce-only",
+            help="only reduce a position, never open or increase one (exchanges with "
+            "positions: derivatives, margin)",
+        ),
+    ] = False,
+    expires_at: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-at",
+            metavar="ISO-8601",
+            help="good till this time, with its time zone (e.g. 2026-01-01T12:00:00Z): then "
+            "the intent cancels its order and ends expired, keeping its fills",
+        ),
+    ] = None,
     account: Annotated[str, typer.Option(help="account name from the accounts file")] = "paper",
     intent_id: Annotated[
         str | None, typer.Option("--id", help="intent id (default: a new random one)")
@@ -423,12 +456,24 @@ def submit(
     on_external_cancel: Annotated[
         ExternalCancelPolicy, typer.Option(help="if cancelled outside the kernel: finish|restore")
     ] = ExternalCancelPolicy.FINISH,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="then wait until the intent rests on the exchange (or, a held stop, in the "
+            "workflow), fills or ends, and show which; exit code 2 if it ends rejected, 1 if "
+            "it ends failed or --wait-timeout passes first",
+        ),
+    ] = False,
+    wait_timeout: WaitTimeoutOption = 30.0,
     as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
 ) -> None:
-    """Submit an order intent. Validated here, before anything is started."""
+    """Submit an order intent. Validated here (--expires-at included), before anything is
+    started. With --wait, follow it until it rests, fills or ends."""
+    expiry = _expiry(expires_at)
     try:
         intent = OrderIntent(
             intent_id=intent_id or f"cli-{uuid.uuid4().hex[:12]}",
@@ -436,6 +481,7 @@ def submit(
             group_id=group,
             strategy_id=strategy,
             on_external_cancel=on_external_cancel,
+            expires_at=expiry,
             order=OrderSpec(
                 symbol=symbol,
                 side=side,
@@ -445,18 +491,116 @@ def submit(
                 stop_price=stop_price,
                 time_in_force=tif,
                 post_only=post_only,
+                reduce_only=reduce_only,
             ),
         )
     except ValidationError as exc:
         raise fail(validation_message(exc), 2) from None
 
-    state = with_client(address, namespace, profile, lambda client: client.submit(intent))
+    async def main() -> tuple[IntentState, str | None]:
+        client = await IntentClient.connect(address, namespace, profile=profile)
+        state = await client.submit(intent)
+        if not as_json:
+            console.print(
+                f"submitted [bold]{intent.intent_id}[/]: {intent.summary()} ({state.status.value})"
+            )
+        if not wait:
+            return state, None
+        within = timedelta(seconds=wait_timeout)
+        try:
+            if as_json:
+                state = await client.wait_for(intent.intent_id, _settled, within)
+            else:
+                with console.status(f"waiting for {intent.intent_id} to rest, fill or end"):
+                    state = await client.wait_for(intent.intent_id, _settled, within)
+        except TimeoutError:
+            return await client.state(intent.intent_id), None
+        return state, outcome(state)
+
+    state, ended_as = run(main())
+    unsuccessful = ended_as in (IntentStatus.REJECTED, IntentStatus.FAILED)
     if as_json:
-        print(json.dumps({"intent_id": intent.intent_id, "workflow_id": intent.workflow_id}))
-    else:
-        console.print(
-            f"submitted [bold]{intent.intent_id}[/]: {intent.summary()} ({state.status.value})"
+        shown: dict[str, Any] = {"intent_id": intent.intent_id, "workflow_id": intent.workflow_id}
+        if wait:
+            shown |= {"outcome": ended_as or "timeout", "state": state.report()}
+        print(json.dumps(shown))
+    elif ended_as is not None and not unsuccessful:  # those are the error line below
+        console.print(outcome_line(state, ended_as), highlight=False, soft_wrap=True)
+    if not wait:
+        return
+    if ended_as is None:
+        raise fail(
+            f"intent {intent.intent_id} did not rest, fill or end within {wait_timeout:g} s "
+            f"(it is {state.status.value}, {state.reconciliation_status.value}); it keeps "
+            f"running: exchange-kernel status {intent.intent_id}"
         )
+    if unsuccessful:  # rejected: a refusal, trying again changes nothing (exit code 2)
+        reason = escape(state.outcome_reason or "no reason given")
+        raise fail(
+            f"intent {intent.intent_id} {ended_as}: {reason}",
+            2 if ended_as == IntentStatus.REJECTED else 1,
+        )
+
+
+def _expiry(expires_at: str | None) -> datetime | None:
+    """--expires-at as a time zone aware time in the future (a past one would expire the intent
+    at once: most likely a mistaken date or zone)."""
+    if expires_at is None:
+        return None
+    try:
+        at = datetime.fromisoformat(expires_at)
+    except ValueError:
+        raise fail(
+            f"--expires-at: {expires_at!r} is not an ISO-8601 time (e.g. 2026-01-01T12:00:00Z)",
+            2,
+        ) from None
+    if at.utcoffset() is None:
+        raise fail(f"--expires-at: {expires_at!r} needs a time zone (e.g. 2026-01-01T12:00:00Z)", 2)
+    if at <= datetime.now(UTC):
+        raise fail(f"--expires-at: {expires_at} has already passed", 2)
+    return at
+
+
+def outcome(state: IntentState) -> str | None:
+    """Where a submitted intent has got to: `resting` on the exchange, `held` (a stop the
+    workflow holds: nothing on the exchange until it triggers), or its final status; None while
+    it is still on its way (placing, or an outcome unknown)."""
+    if state.status.is_terminal:
+        return state.status.value
+    if state.reconciliation_status is not ReconciliationStatus.IN_SYNC:
+        return None
+    if state.stop_held:
+        return "held"
+    if state.status in (IntentStatus.OPEN, IntentStatus.PARTIALLY_FILLED):
+        return "resting"
+    return None
+
+
+def _settled(state: IntentState) -> bool:
+    return outcome(state) is not None
+
+
+def outcome_line(state: IntentState, ended_as: str) -> str:
+    """The outcome of `submit --wait` for people."""
+    filled = f"{state.filled} of {state.desired.amount} filled"
+    match ended_as:
+        case "resting":
+            live = state.live_placement
+            order = f"order {live.client_order_id}" if live is not None else "its order"
+            detail = f"{order} on the exchange, {filled}"
+        case "held":
+            assert state.desired.stop_price is not None
+            condition = trigger_condition(state.desired.side, state.desired.stop_price)
+            detail = f"the workflow holds the stop (nothing on the exchange) until {condition}"
+        case IntentStatus.FILLED:
+            detail = f"{state.filled} @ {_price(state.average_price)}"
+        case _:
+            detail = f"{filled}; {state.outcome_reason or 'no reason given'}"
+    return escape(f"{state.intent.intent_id} {ended_as}: {detail}")
+
+
+def _price(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value:.8f}".rstrip("0").rstrip(".")
 
 
 @app.command()
@@ -535,6 +679,7 @@ def repair(
     yes: Annotated[
         bool, typer.Option("--yes", help="reset it; without this flag only show the reset point")
     ] = False,
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -559,6 +704,15 @@ def repair(
         return point, await reset(client.temporal, point, f"exchange-kernel repair {intent_id}")
 
     point, new_run = run(main())
+    if as_json:
+        report = {
+            "intent_id": intent_id,
+            "reset_point": dataclasses.asdict(point),
+            "reset": new_run is not None,
+            "new_run_id": new_run,
+        }
+        print(json.dumps(report, indent=2))
+        return
     table = Table(title=f"repair of intent {intent_id}", show_header=False)
     table.add_row("stuck on", escape(point.error))
     table.add_row("first diverging event", str(point.diverged_at or "not named"))
@@ -581,6 +735,7 @@ def list_intents(
     account: Annotated[str | None, typer.Option(help="only this account")] = None,
     symbol: Annotated[str | None, typer.Option(help="only this market, e.g. BTC/USDT")] = None,
     group: Annotated[str | None, typer.Option(help="only this group")] = None,
+    strategy: Annotated[str | None, typer.Option(help="only this strategy id")] = None,
     intent_status: Annotated[
         str | None, typer.Option("--status", help="only this status (open, filled, ...)")
     ] = None,
@@ -595,7 +750,9 @@ def list_intents(
     profile: ProfileOption = None,
 ) -> None:
     """List intents from Temporal's visibility (search attributes), newest first. An intent
-    reads `stale` when its view of the exchange is older than 30 s (docs/concepts.md)."""
+    reads `stale` when its view of the exchange is older than 30 s (docs/concepts.md); a
+    finished one reads `ended` in the table (--json: the reconciliation status it ended with).
+    Ids are shown whole, whatever the terminal's width."""
     if reconciliation is not None and reconciliation not in set(ReconciliationStatus):
         choices = ", ".join(ReconciliationStatus)
         raise fail(f"--reconciliation must be one of {choices}, got {reconciliation!r}", 2)
@@ -607,6 +764,7 @@ def list_intents(
             symbol=symbol,
             group=group,
             status=intent_status,
+            strategy=strategy,
             reconciliation=reconciliation,
             limit=limit,
         )
@@ -615,19 +773,53 @@ def list_intents(
     if as_json:
         print(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return
-    table = Table(title=f"{len(rows)} intent(s)")
-    for column in ("intent", "account", "symbol", "status", "reconciliation", "summary"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row.intent_id,
+    console.print(listing(rows, console.width), crop=False)  # ids longer than a line: whole
+
+
+def listing(rows: list[IntentListing], width: int) -> Table | Group:
+    """The intents for people (the summary names the symbol)."""
+    cells = [
+        (
             row.account or "",
-            row.symbol or "",
             row.status or "",
-            row.reconciliation_status or "",
-            row.summary or "",
+            reconciliation_cell(row.status, row.reconciliation_status),
+            row.summary or row.symbol or "",
         )
-    console.print(table)
+        for row in rows
+    ]
+    columns = ("account", "status", "reconciliation", "summary")
+    ids = [row.intent_id for row in rows]
+    return id_table(f"{len(rows)} intent(s)", columns, ids, cells, width)
+
+
+def id_table(
+    title: str,
+    columns: tuple[str, ...],
+    ids: list[str],
+    cells: list[tuple[str, ...]],
+    width: int,
+) -> Table | Group:
+    """Intents, an id and `columns` each. Ids are copied from here, so they are never wrapped or
+    cut: the other columns wrap around them, and ids too long to leave them room get a line
+    each, with the rest indented below."""
+    longest = max(map(len, ids), default=0)
+    # Each column takes a border and a space either side; the others get 6 characters at least.
+    if longest + 3 * (len(columns) + 1) + 1 + 6 * len(columns) > width:
+        lines: list[Text] = [Text(title, style="italic")]
+        for intent_id, values in zip(ids, cells, strict=True):
+            # Not folded: the terminal wraps it, and copies it as the one line it is.
+            lines += [
+                Text(intent_id, style="bold", no_wrap=True, overflow="ignore"),
+                Text("  " + "  ".join(values)),
+            ]
+        return Group(*lines)
+    table = Table(title=title)
+    table.add_column("intent", no_wrap=True, min_width=longest)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for intent_id, values in zip(ids, cells, strict=True):
+        table.add_row(intent_id, *values)
+    return table
 
 
 @app.command()
@@ -679,12 +871,8 @@ def stale(
     if as_json:
         print(json.dumps([_stale_json(row, now) for row in rows], indent=2))
         return
-    table = Table(title=f"{len(rows)} intent(s) not observed for more than {max_age:g} s")
-    for column in ("intent", "account", "symbol", "status", "last observed", "by", "summary"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row.intent_id,
+    cells = [
+        (
             row.account or "",
             row.symbol or "",
             row.status or "",
@@ -692,7 +880,12 @@ def stale(
             "account sync" if row.watched else "its own looks",
             row.summary or "",
         )
-    console.print(table)
+        for row in rows
+    ]
+    title = f"{len(rows)} intent(s) not observed for more than {max_age:g} s"
+    columns = ("account", "symbol", "status", "last observed", "by", "summary")
+    ids = [row.intent_id for row in rows]
+    console.print(id_table(title, columns, ids, cells, console.width), crop=False)
 
 
 def _stale_json(row: StaleIntent, now: datetime) -> dict[str, Any]:
@@ -1052,21 +1245,28 @@ def show_state(state: IntentState, as_json: bool) -> None:
     console.print(state_table(state))
 
 
+def reconciliation_cell(status: str | None, reconciliation: str | None) -> str:
+    """A finished intent has nothing left to reconcile: people read `ended`, not the `in_sync`
+    it keeps (--json keeps the field as it is)."""
+    if status in TERMINAL_STATUSES:
+        return "ended"
+    return reconciliation or ""
+
+
 def state_table(state: IntentState) -> Table:
     """The human view of one intent."""
     table = Table(title=f"intent {state.intent.intent_id}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    average = state.average_price
     fees = ", ".join(f"{v} {k}" for k, v in state.fees.items()) or "-"
     rows: list[tuple[str, Any]] = [
         ("account", state.intent.account),
         ("desired", f"{state.desired.summary()} (revision {state.revision})"),
         ("status", state.status.value),
-        ("reconciliation", state.reconciliation_status.value),
+        ("reconciliation", reconciliation_cell(state.status, state.reconciliation_status)),
         ("filled", f"{state.filled} of {state.desired.amount}"),
         ("remaining", str(state.remaining)),
-        ("average price", "-" if average is None else f"{average:.8f}".rstrip("0").rstrip(".")),
+        ("average price", _price(state.average_price)),
         ("fees", fees),
         ("outcome", state.outcome_reason or "-"),
     ]
@@ -1103,6 +1303,7 @@ def halt(
     ] = False,
     reason: Annotated[str, typer.Option(help="recorded with the halt")] = "halted from the "
     "command line",
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1116,6 +1317,16 @@ def halt(
         profile,
         lambda client: client.halt(account, symbol, cancel_all=cancel_all, reason=reason),
     )
+    if as_json:
+        report = {
+            "account": account,
+            "symbol": symbol,
+            "cancel_all": cancel_all,
+            "reason": reason,
+            "halts": halts,
+        }
+        print(json.dumps(report, indent=2))
+        return
     scope = symbol or "all symbols"
     console.print(f"[bold red]halted[/] {account} ({scope}); now halted: {halts}")
     if cancel_all:
@@ -1126,6 +1337,7 @@ def halt(
 def resume(
     account: Annotated[str, typer.Option(help="account name")],
     symbol: Annotated[str | None, typer.Option(help="the market halted on its own")] = None,
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1133,6 +1345,9 @@ def resume(
     """Lift a halt set with `halt` (for the account, or for one symbol)."""
 
     halts = with_client(address, namespace, profile, lambda client: client.resume(account, symbol))
+    if as_json:
+        print(json.dumps({"account": account, "symbol": symbol, "halts": halts}, indent=2))
+        return
     console.print(f"resumed {account} ({symbol or 'all symbols'}); still halted: {halts or '-'}")
 
 
@@ -1186,6 +1401,7 @@ def orphans_adopt(
     symbol: Annotated[
         list[str] | None, typer.Option("--symbol", help="scan this market too (repeatable)")
     ] = None,
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1201,6 +1417,9 @@ def orphans_adopt(
         raise IntentNotFound(f"no orphan order {client_order_id!r} on {account}")
 
     state = run(main())
+    if as_json:
+        print(json.dumps(state.report(), indent=2))
+        return
     console.print(f"adopted {client_order_id} as intent [bold]{state.intent.intent_id}[/]")
 
 
@@ -1209,6 +1428,7 @@ def orphans_cancel(
     client_order_id: Annotated[str, typer.Argument(help="the orphan's client order id")],
     account: Annotated[str, typer.Option(help="account name")],
     symbol: Annotated[str, typer.Option(help="its market, e.g. BTC/USDT")],
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1221,6 +1441,15 @@ def orphans_cancel(
         profile,
         lambda client: client.cancel_orphan(account, symbol, client_order_id),
     )
+    if as_json:
+        report = {
+            "account": account,
+            "symbol": symbol,
+            "client_order_id": client_order_id,
+            "order": None if order is None else order.model_dump(mode="json"),
+        }
+        print(json.dumps(report, indent=2))
+        return
     console.print(f"{client_order_id}: {getattr(order, 'status', 'not found')}")
 
 
@@ -1246,6 +1475,7 @@ def group_bracket(
     account: Annotated[str, typer.Option(help="account name")] = "paper",
     group_id: Annotated[str | None, typer.Option("--id", help="group id")] = None,
     strategy: Annotated[str | None, typer.Option(help="strategy id")] = None,
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1273,6 +1503,9 @@ def group_bracket(
         raise fail(validation_message(exc), 2) from None
 
     with_client(address, namespace, profile, lambda client: client.submit_group(group))
+    if as_json:
+        print(json.dumps(group_submitted(group)))
+        return
     console.print(
         f"bracket [bold]{group.group_id}[/]: entry {group.leg_id('entry')}, "
         f"take profit @ {take_profit}, stop loss @ {stop_loss}"
@@ -1284,6 +1517,7 @@ def group_oco(
     file: Annotated[
         Path, typer.Argument(help="JSON: {group_id, account, members: [OrderIntent, ...]}")
     ],
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1298,8 +1532,21 @@ def group_oco(
         raise fail(validation_message(exc), 2) from None
 
     with_client(address, namespace, profile, lambda client: client.submit_group(group))
+    if as_json:
+        print(json.dumps(group_submitted(group)))
+        return
     members = ", ".join(m.intent_id for m in group.members)
     console.print(f"OCO [bold]{group.group_id}[/]: {members}")
+
+
+def group_submitted(group: IntentGroup) -> dict[str, Any]:
+    """What `group bracket|oco --json` prints: the ids to follow the group and its members by."""
+    return {
+        "group_id": group.group_id,
+        "workflow_id": group_workflow_id(group.group_id),
+        "kind": group.kind.value,
+        "members": list(member_ids(group)),
+    }
 
 
 @group_app.command("status")
@@ -1332,6 +1579,7 @@ def group_cancel(
     group_id: Annotated[str, typer.Argument(help="group id")],
     reason: Annotated[str, typer.Option(help="recorded in the history")] = "cancelled from "
     "the command line",
+    as_json: JsonOption = False,
     address: AddressOption = None,
     namespace: NamespaceOption = None,
     profile: ProfileOption = None,
@@ -1339,6 +1587,9 @@ def group_cancel(
     """Cancel every live member of a group (fills are kept)."""
 
     with_client(address, namespace, profile, lambda client: client.cancel_group(group_id, reason))
+    if as_json:
+        print(json.dumps({"group_id": group_id, "cancel_sent": True, "reason": reason}))
+        return
     console.print(f"cancelling group {group_id}")
 
 
