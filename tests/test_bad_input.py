@@ -657,6 +657,13 @@ def invalid_cli_submissions(draw: st.DrawFn) -> CliCase:
         "post-only",
         "no-post-only",
         "help",
+        "wait",
+        "no-wait",
+        "wait-timeout",
+        "expires-at",
+        "reduce-only",
+        "no-reduce-only",
+        "profile",
     }
     name = name if name not in known else f"{name}-x"
     return CliCase(options, f"--{name}", extra=(f"--{name}=1",))
