@@ -270,6 +270,15 @@ class OrderIntent(Value):
     # Once triggered, the held stop waits for its group's `release` (the group first cancels
     # the take-profit that locks what the stop-loss is to sell).
     release_by_group: bool = False
+    stale_after: timedelta | None = Field(
+        default=None,
+        ge=timedelta(seconds=2),
+        le=timedelta(days=1),
+        description="how old the kernel's view of the intent's order may get before its "
+        "reconciliation says `stale` (None: the kernel's 30 s); an intent that polls its own "
+        "order looks at least twice within it (one its account sync watches is `stale` when "
+        "the sync says its rounds lapsed, on the sync's own bound)",
+    )
 
     @model_validator(mode="after")
     def _held(self) -> Self:

@@ -50,6 +50,7 @@ from exchange_kernel.models import (
 
 # The view of a resting order is `stale` (not `in_sync`) once the kernel has not looked at the
 # exchange for it for this long (a watched intent: once the account sync says its rounds lapsed).
+# The default: an intent may set its own (`OrderIntent.stale_after`, see `stale_bound`).
 STALE_AFTER = timedelta(seconds=30)
 # An intent that polls its own order (no account sync) looks again after POLL_FIRST, doubling
 # while nothing changes, up to POLL_CEILING (below STALE_AFTER, so a healthy poll stays fresh).
@@ -796,14 +797,27 @@ def order_type_on_exchange(state: IntentState) -> tuple[OrderType, Decimal | Non
     return state.desired.type, state.desired.stop_price
 
 
+def stale_bound(state: IntentState) -> timedelta:
+    """How old the view of the intent's order may get before it is `stale`: the intent's own
+    bound, else STALE_AFTER. Read from the state, never from a patched global: what a run
+    decides must not depend on anything its history does not hold."""
+    return state.intent.stale_after or STALE_AFTER
+
+
+def poll_ceiling(state: IntentState) -> timedelta:
+    """The longest wait between an unwatched intent's looks: below half its stale bound, so a
+    healthy poll stays fresh."""
+    return min(POLL_CEILING, stale_bound(state) / 2)
+
+
 def is_stale(state: IntentState, now: datetime) -> bool:
-    """The kernel's view of the intent's live order is older than STALE_AFTER."""
+    """The kernel's view of the intent's live order is older than its stale bound."""
     live = state.live_placement
     if live is None or live.phase is PlacementPhase.PLACING or state.status.is_terminal:
         return False
     if state.watched:
         return state.watch_lapsed_since is not None
-    return live.observed_at is None or now - live.observed_at > STALE_AFTER
+    return live.observed_at is None or now - live.observed_at > stale_bound(state)
 
 
 # --- recording (pure state transitions) -------------------------------------------------------
@@ -959,7 +973,7 @@ def _answered(state: IntentState, *, poll_reset: bool, write: bool = True) -> In
     """The exchange answered: a write's answer starts the give-up count again (a lookup's does
     not: reads that work do not make writes that time out succeed); a poll that found no
     change backs off (an action, or a change seen, looks again soon)."""
-    interval = POLL_FIRST if poll_reset else min(state.poll_interval * 2, POLL_CEILING)
+    interval = POLL_FIRST if poll_reset else min(state.poll_interval * 2, poll_ceiling(state))
     update: dict[str, object] = {"poll_interval": interval}
     if write:
         update["unanswered"] = 0

@@ -12,7 +12,6 @@ import pytest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from exchange_kernel import reconcile
 from exchange_kernel.client import IntentClient, IntentRejected
 from exchange_kernel.connection import sync_task_queue
 from exchange_kernel.models import IntentState, IntentStatus, ReconciliationStatus, account_sync_id
@@ -27,13 +26,15 @@ SYNC_READS = ["GET /api/v3/openOrders", "GET /api/v3/myTrades"]
 
 @pytest.fixture
 def short_staleness(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The intents' bound at 3 s (the worker runs in this process, `exchange_kernel` passes
-    through the workflow sandbox): polls every second at most, a lookup gives up after 2 s. The
-    account sync's bound is its input (`fresh_sync`): a patched global changed the decisions of
-    the session's "paper" sync, whose history then did not replay."""
-    monkeypatch.setattr(reconcile, "STALE_AFTER", timedelta(seconds=3))
-    monkeypatch.setattr(reconcile, "POLL_CEILING", timedelta(seconds=1))
+    """A lookup gives up after 2 s (an activity's timeout: no decision of a workflow depends on
+    it, so patching it in the worker's process changes no history). The bounds that decisions
+    depend on are inputs: the intents' `stale_after` (`SHORT`, polls at most every 1.5 s), the
+    account sync's `stale_after` (`fresh_sync`); patched globals changed the decisions of every
+    run of the session's worker, whose histories then did not replay."""
     monkeypatch.setattr(intent, "LOOKUP_BUDGET", timedelta(seconds=2))
+
+
+SHORT = timedelta(seconds=3)  # the intents' stale bound here
 
 
 async def fresh_sync(client: Client) -> None:
@@ -67,6 +68,7 @@ async def test_a_polled_intent_reads_stale_while_its_looks_fail_then_in_sync_aga
 ) -> None:
     await paper.move_price("BTC/USDT", "30000")
     item = new_intent(price="28000", account="paper-replace")  # polled: no account sync
+    item = item.model_copy(update={"stale_after": SHORT})
     await intents.submit(item)
     await intents.wait_for(item.intent_id, resting)
     await paper.faults(error_503=1.0, endpoints=LOOKUPS)

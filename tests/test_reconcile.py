@@ -434,6 +434,22 @@ def test_a_polled_intent_is_stale_past_the_bound_since_its_last_observation() ->
     assert refresh(state, late).reconciliation_status is ReconciliationStatus.STALE
 
 
+def test_an_intent_with_its_own_stale_bound_is_judged_and_polled_by_it() -> None:
+    """`OrderIntent.stale_after`: the bound is the intent's input (in its state), not a global
+    a process could change under a running workflow; polls stay below half of it."""
+    state = placed(make_state(amount="2"))
+    state = state.model_copy(
+        update={"intent": state.intent.model_copy(update={"stale_after": 4 * SECOND})}
+    )
+    assert not is_stale(state, NOW + 4 * SECOND)
+    assert is_stale(state, NOW + 5 * SECOND)
+    now = NOW
+    for _ in range(5):
+        now += state.poll_interval
+        state = step(state, answer(seen(state, 0)), now=now, expect=Lookup)
+    assert state.poll_interval == 2 * SECOND  # half the bound, not POLL_CEILING
+
+
 def test_a_fresh_lookup_brings_a_stale_intent_back_in_sync() -> None:
     state = placed(make_state())
     late = NOW + STALE_AFTER + SECOND

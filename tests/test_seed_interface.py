@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner, Result
 
-from exchange_kernel import reconcile
 from exchange_kernel.cli import app
 from exchange_kernel.client import IntentClient, IntentNotFound
 from exchange_kernel.devserver import LAST_SYNC_AT
@@ -39,15 +38,19 @@ async def invoke(intents: IntentClient, *args: str) -> Result:
     )
 
 
-@pytest.fixture
-def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A polled intent looks at its order every second at most (the worker runs in this
-    process), so a healthy one is never older than a few seconds."""
-    monkeypatch.setattr(reconcile, "POLL_CEILING", timedelta(seconds=1))
+# A polled intent with this stale bound looks at its order every 1.5 s at most, so a healthy
+# one is never older than a few seconds (an input of the intent, not a patched global: that
+# changed the decisions of every run the session's worker held).
+QUICK = timedelta(seconds=3)
 
 
-async def rest(intents: IntentClient, account: str = "paper", price: str = "21000") -> IntentState:
-    item = new_intent(price=price, account=account)
+async def rest(
+    intents: IntentClient,
+    account: str = "paper",
+    price: str = "21000",
+    stale_after: timedelta | None = None,
+) -> IntentState:
+    item = new_intent(price=price, account=account).model_copy(update={"stale_after": stale_after})
     await intents.submit(item)
     return await intents.wait_for(
         item.intent_id, lambda s: resting(s) and (s.watched or account != "paper")
@@ -138,12 +141,11 @@ async def stale_ids(intents: IntentClient, account: str, max_age: float = 4) -> 
     return {row.intent_id for row in rows}
 
 
-@pytest.mark.usefixtures("quick_polls")
 async def test_a_polled_intent_is_stale_while_its_looks_fail_and_fresh_again_after(
     intents: IntentClient, paper: Paper
 ) -> None:
     await paper.move_price("BTC/USDT", "30000")
-    intent_id = (await rest(intents, account="paper-replace")).intent.intent_id
+    intent_id = (await rest(intents, account="paper-replace", stale_after=QUICK)).intent.intent_id
     await asyncio.sleep(5)  # older than max_age, but it keeps looking
     assert intent_id not in await stale_ids(intents, "paper-replace")
 
@@ -220,13 +222,11 @@ async def test_a_watched_intent_is_observed_by_its_account_syncs_rounds(
     await finish(intents, intent_id)
 
 
-@pytest.mark.usefixtures("quick_polls")
 async def test_last_sync_at_in_visibility_is_never_later_than_the_last_observation(
-    intents: IntentClient, paper: Paper, monkeypatch: pytest.MonkeyPatch
+    intents: IntentClient, paper: Paper
 ) -> None:
-    monkeypatch.setattr(reconcile, "STALE_AFTER", timedelta(seconds=3))
     await paper.move_price("BTC/USDT", "30000")
-    intent_id = (await rest(intents, account="paper-replace")).intent.intent_id
+    intent_id = (await rest(intents, account="paper-replace", stale_after=QUICK)).intent.intent_id
     await paper.faults(error_503=1.0, endpoints=LOOKUPS)
     try:
         # Its looks fail: it turns stale, which it publishes (an upsert with no observation).
