@@ -39,6 +39,12 @@ REAL_KEY = "ek-test-real-account-key"
 REAL_SECRET = "ek-test-real-account-secret"
 REAL_KEY_ENV = "EK_TEST_REAL_KEY"
 REAL_SECRET_ENV = "EK_TEST_REAL_SECRET"
+# "paper-fresh" has a key of its own: its account sync follows its own user-data stream, which
+# then neither sees nor takes up the stream faults that tests of "paper"'s stream inject.
+FRESH_KEY = "ek-test-fresh-account-key"
+FRESH_SECRET = "ek-test-fresh-account-secret"
+FRESH_KEY_ENV = "EK_TEST_FRESH_KEY"
+FRESH_SECRET_ENV = "EK_TEST_FRESH_SECRET"
 REAL_BALANCES = {
     "USDT": Decimal("2000"),
     "BTC": Decimal("0.05"),
@@ -90,6 +96,8 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
     os.environ[TEST_SECRET_ENV] = DEMO_SECRET
     os.environ[REAL_KEY_ENV] = REAL_KEY
     os.environ[REAL_SECRET_ENV] = REAL_SECRET
+    os.environ[FRESH_KEY_ENV] = FRESH_KEY
+    os.environ[FRESH_SECRET_ENV] = FRESH_SECRET
     common = {"exchange": "binance", "api_key_env": TEST_KEY_ENV, "secret_env": TEST_SECRET_ENV}
     return {
         # native amend (opted in): ccxt's binance edits with cancelReplace
@@ -112,7 +120,13 @@ def paper_accounts(base_url: str) -> dict[str, AccountConfig]:
         ),
         # observed by an account sync that a test starts itself, with its own staleness bound
         # (tests/test_freshness.py); the session's "paper" sync keeps the defaults
-        "paper-fresh": AccountConfig(name="paper-fresh", base_url=base_url, **common),
+        "paper-fresh": AccountConfig(
+            name="paper-fresh",
+            base_url=base_url,
+            exchange="binance",
+            api_key_env=FRESH_KEY_ENV,
+            secret_env=FRESH_SECRET_ENV,
+        ),
         # stops held by the workflow (watching the price, then a market/limit order), although
         # the paper exchange takes stop-limit orders itself
         "paper-held": AccountConfig(
@@ -146,6 +160,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
 async def paper() -> AsyncIterator[Paper]:
     async with running_sim(port=0) as server, aiohttp.ClientSession() as session:
         server.exchange.add_account(REAL_KEY, REAL_SECRET, REAL_BALANCES)
+        server.exchange.add_account(FRESH_KEY, FRESH_SECRET)
         yield Paper(base_url=server.base_url, session=session, server=server)
 
 
