@@ -225,15 +225,20 @@ async def test_a_served_random_walk_fills_a_ccxt_order_and_the_admin_api_still_m
         try:
             await client.load_markets()
             last = (await client.fetch_ticker("BTC/USDT"))["last"]
-            order = await client.create_order("BTC/USDT", "limit", "buy", 0.1, round(last - 20))
+            limit = round(last - 20)
+            order = await client.create_order("BTC/USDT", "limit", "buy", 0.1, limit)
 
             async def filled() -> bool:
                 return (await client.fetch_order(order["id"], "BTC/USDT"))["status"] == "closed"
 
             await eventually("the walk fills the resting buy", filled)
             [trade] = await client.fetch_my_trades("BTC/USDT")
-            assert trade["price"] == pytest.approx(round(last - 20))
-            assert trade["takerOrMaker"] == "maker"
+            # The walk moves every 5 ms: on a loaded machine it may have passed the limit before
+            # the order arrived (then it takes at a better price). Resting, it fills at its limit.
+            if trade["takerOrMaker"] == "maker":
+                assert trade["price"] == pytest.approx(limit)
+            else:
+                assert trade["price"] < limit
             await admin.price("ETHUSDT", "2500")
 
             async def walked_on_from_2500() -> bool:
